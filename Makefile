@@ -1,0 +1,67 @@
+# Ratline's two commands: `make demo` and `make test`. Everything they need is
+# installed by the targets below, so a fresh machine works.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := .ratline/demo
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: help setup deps sysdeps binaries lint typecheck test test-unit test-integration test-e2e demo down bench clean
+
+help:
+	@echo "make demo   - local control plane + Postgres + operator, runs an example to completion"
+	@echo "make test   - installs what is missing, then ruff, mypy, import contracts and pytest"
+	@echo "make down   - stops what make demo started"
+	@echo "make bench  - benchmarks (Ratline vs DBOS) into bench/results/"
+
+setup: deps sysdeps binaries
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+deps: $(STAMP)
+
+sysdeps:
+	@bash tests/cluster/sysdeps.sh
+
+binaries:
+	@bash tests/cluster/build.sh etcd helm kubernetes
+
+lint: deps
+	$(VENV)/bin/ruff check operator tests bench examples
+	$(VENV)/bin/ruff format --check operator tests bench examples
+	$(VENV)/bin/lint-imports --config pyproject.toml
+
+typecheck: deps
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(PY) -m pytest -p no:cacheprovider tests
+
+test-unit: deps
+	$(PY) -m pytest tests/unit
+
+test-integration: deps sysdeps
+	$(PY) -m pytest tests/integration
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e
+
+demo: setup
+	$(PY) -m tests.cluster.demo up --state $(STATE)
+
+down: deps
+	$(PY) -m tests.cluster.demo down --state $(STATE)
+
+bench: setup
+	$(PY) -m bench
+
+clean: down
+	rm -rf $(VENV) .ratline

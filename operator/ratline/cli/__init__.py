@@ -1,0 +1,1 @@
+"""The `ratline` command (also `kubectl ratline`)."""

@@ -1,0 +1,255 @@
+"""The event store's contract, shared by the Postgres and the memory store.
+
+The engine, the worker, the controller and the CLI talk to history only
+through `Store`. Records crossing this boundary are frozen Pydantic models so
+that both implementations persist and return exactly the same shapes.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands, as the store records it (the CRD phase derives from it)."""
+
+    PENDING = "pending"  # recorded, no worker has started it yet
+    RUNNING = "running"  # a worker holds the lease and is advancing it
+    SUSPENDED = "suspended"  # waiting for a timer (wake_at) or a promise; no worker needed
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    BLOCKED = "blocked"  # non-determinism detected; history kept, needs a code fix
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {
+    RunStatus.SUCCEEDED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+    RunStatus.TIMED_OUT,
+}
+
+
+class EventType(enum.StrEnum):
+    """Every kind of history event (see docs/architecture.md)."""
+
+    RUN_STARTED = "RunStarted"
+    STEP_STARTED = "StepStarted"
+    STEP_COMPLETED = "StepCompleted"
+    STEP_FAILED = "StepFailed"
+    TIMER_STARTED = "TimerStarted"
+    TIMER_FIRED = "TimerFired"
+    PROMISE_CREATED = "PromiseCreated"
+    PROMISE_RESOLVED = "PromiseResolved"
+    PROMISE_REJECTED = "PromiseRejected"
+    PROMISE_TIMED_OUT = "PromiseTimedOut"
+    STATE_SET = "StateSet"
+    CHILD_STARTED = "ChildStarted"
+    CHILD_COMPLETED = "ChildCompleted"
+    COMPENSATION_STARTED = "CompensationStarted"
+    RUN_COMPLETED = "RunCompleted"
+    RUN_FAILED = "RunFailed"
+    CANCEL_REQUESTED = "CancelRequested"
+    RUN_CANCELLED = "RunCancelled"
+    RUN_TIMED_OUT = "RunTimedOut"
+    RUN_BLOCKED = "RunBlocked"
+    MARKER = "Marker"  # patched(), random seeds and other non-step decisions
+
+
+class InboxKind(enum.StrEnum):
+    """What the operator (or CLI) delivers into a run from outside."""
+
+    SIGNAL = "signal"  # resolve promise `name` with `payload`
+    REJECT = "reject"  # reject promise `name` with `payload` as the error
+    CANCEL = "cancel"  # ask the run to cancel (compensation runs)
+    TIMEOUT = "timeout"  # maxDuration passed: cancel and end TimedOut
+
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class NewRun(BaseModel):
+    """A run to record; `id` is the WorkflowRun's uid, so creation is idempotent."""
+
+    model_config = _FROZEN
+    id: str
+    namespace: str = "default"
+    name: str
+    workflow: str
+    entrypoint: str = ""
+    image: str = ""
+    input: Any = None
+    max_duration_s: float | None = None
+    parent_id: str | None = None
+
+
+class RunRecord(BaseModel):
+    """One row of `runs`."""
+
+    model_config = _FROZEN
+    id: str
+    namespace: str
+    name: str
+    workflow: str
+    entrypoint: str
+    image: str
+    status: RunStatus
+    input: Any = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+    waiting_for: list[str] = Field(default_factory=list)  # promise names
+    lease_owner: str | None = None
+    lease_epoch: int = 0
+    lease_expires_at: datetime | None = None
+    history_length: int = 0
+    max_duration_s: float | None = None
+    parent_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class NewEvent(BaseModel):
+    """An event to append; the store assigns `seq` and `time`."""
+
+    model_config = _FROZEN
+    type: EventType
+    command_id: int | None = None  # the position of the command that caused it
+    name: str | None = None  # the command's name (step, timer, promise, key)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class Event(NewEvent):
+    """One row of `events`: append-only, keyed by (run_id, seq)."""
+
+    run_id: str
+    seq: int
+    time: datetime
+
+
+class InboxItem(BaseModel):
+    """One row of `inbox`: unique by (run_id, name) so delivery is exactly once."""
+
+    model_config = _FROZEN
+    run_id: str
+    name: str  # for signals the promise name; for cancel/timeout the kind itself
+    kind: InboxKind
+    payload: Any = None
+    created_at: datetime
+    consumed: bool = False
+
+
+class Lease(BaseModel):
+    """Proof that a worker owns a run; every write is conditional on `epoch`."""
+
+    model_config = _FROZEN
+    run_id: str
+    owner: str
+    epoch: int
+    expires_at: datetime
+
+
+class RunUpdate(BaseModel):
+    """Fields of `runs` changed together with an append (one commit)."""
+
+    model_config = _FROZEN
+    status: RunStatus | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+    clear_wake_at: bool = False
+    waiting_for: list[str] | None = None
+
+
+class Store(abc.ABC):
+    """Durable history of runs. Implementations: `PostgresStore`, `MemoryStore`."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> None:
+        """Create or upgrade the schema (idempotent, safe to run concurrently)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # runs
+    @abc.abstractmethod
+    async def create_run(self, run: NewRun) -> RunRecord:
+        """Insert the run, or return the existing one with the same id."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_runs(
+        self, *, statuses: Sequence[RunStatus] | None = None, limit: int = 1000
+    ) -> list[RunRecord]: ...
+
+    @abc.abstractmethod
+    async def due_runs(self, now: datetime, limit: int = 100) -> list[RunRecord]:
+        """Suspended runs whose `wake_at` is at or before `now`."""
+
+    @abc.abstractmethod
+    async def set_status(self, run_id: str, update: RunUpdate) -> RunRecord:
+        """Change a run's row outside any lease (the operator: pending, deleted)."""
+
+    # leases
+    @abc.abstractmethod
+    async def acquire_lease(self, run_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
+        """Take the run by bumping `lease_epoch`; `LeaseHeldError` if another live owner has it."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, lease: Lease, ttl_s: float = 30.0) -> Lease:
+        """Extend the lease; `FencedError` if a newer epoch exists."""
+
+    @abc.abstractmethod
+    async def release_lease(self, lease: Lease) -> None: ...
+
+    @abc.abstractmethod
+    async def revoke_lease(self, run_id: str) -> int:
+        """Fence off whoever holds the run (its pod is gone); returns the new epoch."""
+
+    # history
+    @abc.abstractmethod
+    async def load_history(self, run_id: str, after_seq: int = 0) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def append(
+        self,
+        lease: Lease,
+        events: Sequence[NewEvent],
+        update: RunUpdate | None = None,
+        consumed_inbox: Sequence[str] = (),
+    ) -> list[Event]:
+        """Append in one commit, conditional on the lease epoch (`FencedError`
+        otherwise); also applies `update` and marks inbox items consumed. NOTIFYs."""
+
+    # inbox
+    @abc.abstractmethod
+    async def deliver(
+        self, run_id: str, name: str, kind: InboxKind, payload: Any = None
+    ) -> bool:
+        """Insert into the inbox once; False when (run_id, name) was already there.
+        Wakes a suspended run (sets wake_at to now)."""
+
+    @abc.abstractmethod
+    async def pending_inbox(self, run_id: str) -> list[InboxItem]:
+        """Unconsumed items in delivery order."""
+
+    # notifications
+    @abc.abstractmethod
+    async def wait_for_change(self, run_id: str | None, timeout: float) -> bool:
+        """Block until an append or delivery touches `run_id` (any run if None);
+        False on timeout."""
