@@ -250,6 +250,6 @@ class Store(abc.ABC):
 
     # notifications
     @abc.abstractmethod
-    async def wait_for_change(self, run_id: str | None, timeout: float) -> bool:
+    async def wait_for_change(self, run_id: str | None, timeout_s: float) -> bool:
         """Block until an append or delivery touches `run_id` (any run if None);
         False on timeout."""

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): Ratline against DBOS Transact on one private Postgres."""

@@ -1,0 +1,1 @@
+"""Runnable example workflows; each has its Workflow/WorkflowRun YAML beside it."""
