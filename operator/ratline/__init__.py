@@ -1,5 +1,40 @@
-"""Ratline: durable, event-sourced Python workflows run by a Kubernetes operator.
+"""Ratline: durable Python workflows on Kubernetes.
 
-Workflow authors import everything they need from here; the names are
-re-exported from `ratline.sdk` (the list is pinned by a test).
+Authors import everything from here; see `ratline.sdk` for the details.
 """
+
+from ratline.sdk import (
+    InputValidationError,
+    NonDeterminismError,
+    NonRetryableError,
+    Promise,
+    PromiseRejectedError,
+    RetryPolicy,
+    StepFailedError,
+    StepInfo,
+    TaskHandle,
+    WorkflowCancelled,
+    WorkflowContext,
+    WorkflowDefinition,
+    WorkflowInfo,
+    task,
+    workflow,
+)
+
+__all__ = [
+    "InputValidationError",
+    "NonDeterminismError",
+    "NonRetryableError",
+    "Promise",
+    "PromiseRejectedError",
+    "RetryPolicy",
+    "StepFailedError",
+    "StepInfo",
+    "TaskHandle",
+    "WorkflowCancelled",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowInfo",
+    "task",
+    "workflow",
+]

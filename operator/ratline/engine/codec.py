@@ -1,0 +1,54 @@
+"""Values crossing into history: JSON out, typed values back in.
+
+Results are always decoded from their JSON form, live as well as on replay,
+so a workflow sees exactly the same Python values in both cases.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+from ratline.sdk.errors import InputValidationError
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-compatible copy of `value` (Pydantic models, dataclasses, datetimes...)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return pydantic_core.to_jsonable_python(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(type_: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(type_)
+
+
+def from_json(value: Any, type_: Any) -> Any:
+    """Rebuild a typed value; untyped (`Any`) values stay plain JSON."""
+    if type_ is Any or type_ is None or type_ is type(None):
+        return value
+    try:
+        return _adapter(type_).validate_python(value)
+    except TypeError:  # unhashable or unsupported annotation: keep the JSON value
+        return value
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """What history keeps of an exception: its type name and message."""
+    return {"type": type(exc).__name__, "message": str(exc)[:4000]}
+
+
+def validate_input(workflow: str, type_: Any, raw: Any) -> Any:
+    """Validate a run's input, naming the first offending field on failure."""
+    if type_ is Any:
+        return raw
+    try:
+        return _adapter(type_).validate_python(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "input"
+        raise InputValidationError(workflow, field, first["msg"]) from None

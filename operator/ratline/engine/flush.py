@@ -1,0 +1,102 @@
+"""Write-behind buffer of an activation's events, committed in one append.
+
+Appends are fenced by the lease epoch. A connection lost mid-commit is retried
+only after checking the run's history length, so a commit that did land is
+never written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
+from ratline.store.base import Lease, NewEvent, RunStatus, RunUpdate, Store
+
+log = logging.getLogger(__name__)
+
+
+class Flusher:
+    """Buffers events, consumed inbox names and a pending status for the next commit."""
+
+    def __init__(
+        self, store: Store, lease: Lease, run_id: str, history_length: int, retry_s: float = 60.0
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.run_id = run_id
+        self.length = history_length
+        self.retry_s = retry_s
+        self._events: list[NewEvent] = []
+        self._consumed: list[str] = []
+        self._status: RunStatus | None = None
+        self._lock = asyncio.Lock()
+        self.commits = 0
+
+    def buffer(self, event: NewEvent) -> None:
+        self._events.append(event)
+
+    def consume(self, inbox_name: str) -> None:
+        self._consumed.append(inbox_name)
+
+    def set_status(self, status: RunStatus) -> None:
+        """Include this status in the next commit (e.g. running again after a wake-up)."""
+        self._status = status
+
+    def discard(self) -> None:
+        self._events.clear()
+        self._consumed.clear()
+
+    def _merged(self, update: RunUpdate | None) -> RunUpdate | None:
+        if self._status is None or (update is not None and update.status is not None):
+            return update
+        resumed = RunUpdate(status=self._status, clear_wake_at=True, waiting_for=[])
+        if update is None:
+            return resumed
+        return update.model_copy(update={"status": self._status})
+
+    async def flush(self, update: RunUpdate | None = None) -> None:
+        async with self._lock:
+            update = self._merged(update)
+            if not self._events and not self._consumed and update is None:
+                return
+            events, consumed = self._events, self._consumed
+            self._events, self._consumed = [], []
+            await self._append(events, update, consumed)
+            self._status = None
+            self.commits += 1
+
+    async def _append(
+        self, events: list[NewEvent], update: RunUpdate | None, consumed: list[str]
+    ) -> None:
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry_s
+        while True:
+            try:
+                await self.store.append(self.lease, events, update, consumed)
+                self.length += len(events)
+                return
+            except (FencedError, LeaseHeldError, RunNotFoundError):
+                raise
+            except (StoreError, OSError) as exc:
+                if loop.time() > give_up:
+                    raise
+                log.warning(
+                    "append to run %s failed (%s); retrying in %.1fs", self.run_id, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if await self._landed(len(events)):
+                    return
+
+    async def _landed(self, count: int) -> bool:
+        """After a lost connection: did the commit we could not confirm go through?"""
+        try:
+            run = await self.store.get_run(self.run_id)
+        except (StoreError, OSError):
+            return False
+        if run is not None and count and run.history_length >= self.length + count:
+            self.length = run.history_length
+            return True
+        return False

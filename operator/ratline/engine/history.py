@@ -1,0 +1,93 @@
+"""An index over a run's recorded history, used to replay commands.
+
+Every command the workflow issues has a number; the index answers "what did
+history record for command N" so the engine can return a recorded result, or
+detect that the code now issues something else.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ratline.store.base import Event, EventType
+
+# The kind of command each event type belongs to, and which events resolve it.
+KIND_OF: dict[EventType, str] = {
+    EventType.STEP_COMPLETED: "step",
+    EventType.STEP_FAILED: "step",
+    EventType.STEP_STARTED: "step",
+    EventType.TIMER_STARTED: "timer",
+    EventType.TIMER_FIRED: "timer",
+    EventType.PROMISE_CREATED: "promise",
+    EventType.PROMISE_RESOLVED: "promise",
+    EventType.PROMISE_REJECTED: "promise",
+    EventType.PROMISE_TIMED_OUT: "promise",
+    EventType.STATE_SET: "state",
+    EventType.CHILD_STARTED: "child",
+    EventType.CHILD_COMPLETED: "child",
+    EventType.MARKER: "marker",
+}
+
+
+@dataclass
+class HistoryIndex:
+    """Recorded events grouped by command id, plus run-level facts."""
+
+    by_command: dict[int, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    run_started: bool = False
+    cancel_seq: int | None = None
+    cancel_reason: str | None = None
+    compensation_started: bool = False
+    last_seq: int = 0
+    max_command: int = 0
+
+    @classmethod
+    def build(cls, events: Sequence[Event]) -> HistoryIndex:
+        index = cls()
+        for event in events:
+            index.add(event)
+        return index
+
+    def add(self, event: Event) -> None:
+        self.last_seq = max(self.last_seq, event.seq)
+        if event.command_id is not None:
+            self.by_command[event.command_id].append(event)
+            self.max_command = max(self.max_command, event.command_id)
+        elif event.type is EventType.RUN_STARTED:
+            self.run_started = True
+        elif event.type is EventType.CANCEL_REQUESTED and self.cancel_seq is None:
+            self.cancel_seq = event.seq
+            self.cancel_reason = str(event.payload.get("reason", "cancelled"))
+        elif event.type is EventType.COMPENSATION_STARTED:
+            self.compensation_started = True
+
+    def records(self, command_id: int) -> list[Event]:
+        return self.by_command.get(command_id, [])
+
+    def first(self, command_id: int, *types: EventType) -> Event | None:
+        for event in self.by_command.get(command_id, ()):
+            if event.type in types:
+                return event
+        return None
+
+    def describe(self, command_id: int) -> str:
+        """How the recorded command reads in a non-determinism message."""
+        recorded = self.by_command.get(command_id)
+        if not recorded:
+            return "nothing"
+        head = recorded[0]
+        return f"{KIND_OF.get(head.type, head.type.value)} {head.name!r}"
+
+    def matches(self, command_id: int, kind: str, name: str) -> bool:
+        recorded = self.by_command.get(command_id)
+        if not recorded:
+            return True
+        head = recorded[0]
+        return KIND_OF.get(head.type) == kind and head.name == name
+
+    def payload(self, command_id: int, *types: EventType) -> dict[str, Any] | None:
+        event = self.first(command_id, *types)
+        return None if event is None else event.payload

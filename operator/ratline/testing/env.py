@@ -1,0 +1,207 @@
+"""A time-skipping, in-memory environment for testing workflows.
+
+Workflow authors drive runs here the way the operator would, without
+Kubernetes or Postgres: start a run, deliver signals, move the clock, crash a
+worker after a step and resume. A seven-day sleep takes no wall time because
+every wait suspends the run and `advance` / `result` move the fake clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ratline.engine import Activation, ExecutionOptions, activate
+from ratline.engine.codec import from_json, to_json
+from ratline.sdk.context import StepInfo
+from ratline.sdk.definition import WorkflowSpec, spec_of
+from ratline.sdk.durations import parse_duration
+from ratline.store.base import Event, EventType, InboxKind, NewRun, RunStatus
+from ratline.store.memory import MemoryStore
+
+
+class RunFailedError(AssertionError):
+    """`result()` of a run that did not succeed: carries its status and error."""
+
+    def __init__(self, status: RunStatus, error: dict[str, Any] | None) -> None:
+        super().__init__(status, error)
+        self.status = status
+        self.error = error or {}
+
+    def __str__(self) -> str:
+        return (
+            f"run ended {self.status.value}: {self.error.get('type')}: {self.error.get('message')}"
+        )
+
+
+@dataclass
+class RunHandle:
+    """One run in the test environment, with what each activation did."""
+
+    env: WorkflowTestEnv
+    run_id: str
+    name: str
+    spec: WorkflowSpec
+    activations: list[Activation] = field(default_factory=list)
+
+    @property
+    def last(self) -> Activation:
+        return self.activations[-1]
+
+    @property
+    def status(self) -> RunStatus:
+        return self.last.status
+
+    @property
+    def steps(self) -> list[StepInfo]:
+        """Steps as seen by the latest activation (replayed or executed)."""
+        return self.last.steps
+
+    def was_replayed(self, step: str) -> bool:
+        return any(s.name == step and s.replayed for s in self.last.steps)
+
+    def executions(self, step: str) -> int:
+        """How many activations executed `step` for real (not replayed) and finished it."""
+        return sum(1 for a in self.activations for s in a.steps if s.name == step and s.executed)
+
+    async def history(self) -> list[Event]:
+        return await self.env.store.load_history(self.run_id)
+
+    async def signal(self, name: str, payload: Any = None) -> Activation:
+        return await self.env.deliver(self, name, InboxKind.SIGNAL, payload)
+
+    async def reject(self, name: str, error: Any = "rejected") -> Activation:
+        return await self.env.deliver(self, name, InboxKind.REJECT, error)
+
+    async def cancel(self) -> Activation:
+        return await self.env.deliver(self, "cancel", InboxKind.CANCEL, None)
+
+    async def resume(self) -> Activation:
+        """Start a new activation, as a replacement worker pod would."""
+        return await self.env.activate(self)
+
+    async def result(self, *, max_wakeups: int = 10_000) -> Any:
+        """Run to the end, skipping time over timers; raise if it did not succeed."""
+        for _ in range(max_wakeups):
+            last = self.last
+            if last.crashed:
+                await self.resume()
+                continue
+            if last.status is RunStatus.SUCCEEDED:
+                return from_json(last.result, self.spec.output_type)
+            if last.status.finished or last.status is RunStatus.BLOCKED:
+                raise RunFailedError(last.status, last.error)
+            if last.wake_at is None:
+                raise RuntimeError(
+                    f"run {self.name} waits for {', '.join(last.waiting_for) or 'a signal'} "
+                    "with no deadline: deliver a signal first"
+                )
+            await self.env.advance_to(last.wake_at)
+        raise RuntimeError(f"run {self.name} did not finish after {max_wakeups} wake-ups")
+
+
+class WorkflowTestEnv:
+    """A fake clock, a memory store and the engine, wired like the operator would."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self.store = MemoryStore(clock=self.now)
+        self.runs: dict[str, RunHandle] = {}
+        self._crash_after: str | None = None
+
+    def now(self) -> datetime:
+        return self._now
+
+    def simulate_crash_after(self, step: str) -> None:
+        """The next activation dies right after `step` completes and is checkpointed."""
+        self._crash_after = step
+
+    async def start(
+        self,
+        workflow: str | Callable[..., Any] | type,
+        inp: Any = None,
+        *,
+        name: str | None = None,
+        max_duration: str | timedelta | None = None,
+    ) -> RunHandle:
+        spec = spec_of(workflow)
+        run_id = str(uuid.uuid4())
+        run_name = name or f"{spec.name.lower()}-{run_id[:8]}"
+        await self.store.create_run(
+            NewRun(
+                id=run_id,
+                name=run_name,
+                workflow=spec.name,
+                input=to_json(inp),
+                max_duration_s=(
+                    parse_duration(max_duration).total_seconds() if max_duration else None
+                ),
+            )
+        )
+        handle = RunHandle(self, run_id, run_name, spec)
+        self.runs[run_id] = handle
+        await self.activate(handle)
+        return handle
+
+    async def activate(self, handle: RunHandle) -> Activation:
+        crash, self._crash_after = self._crash_after, None
+        options = ExecutionOptions(
+            clock=self.now,
+            idle_threshold_s=0.0,
+            attempt=len(handle.activations) + 1,
+            crash_after_step=crash,
+        )
+        owner = f"test-worker-{len(handle.activations) + 1}"
+        if handle.activations and handle.last.crashed:
+            await self.store.revoke_lease(handle.run_id)  # the crashed worker is gone
+        outcome = await activate(
+            self.store, handle.run_id, owner=owner, spec=handle.spec, options=options
+        )
+        handle.activations.append(outcome)
+        await self._run_children(handle)
+        return handle.last
+
+    async def deliver(
+        self, handle: RunHandle, name: str, kind: InboxKind, payload: Any
+    ) -> Activation:
+        await self.store.deliver(handle.run_id, name, kind, to_json(payload))
+        return await self.activate(handle)
+
+    async def advance(self, delta: timedelta | str | float) -> None:
+        """Move the clock and wake every run whose timer or deadline is now due."""
+        await self.advance_to(self._now + parse_duration(delta))
+
+    async def advance_to(self, when: datetime) -> None:
+        if when > self._now:
+            self._now = when
+        for run in await self.store.due_runs(self._now):
+            handle = self.runs.get(run.id)
+            if handle is not None:
+                await self.activate(handle)
+
+    async def _run_children(self, parent: RunHandle) -> None:
+        """Play the operator's part for `ctx.child`: run each child, report back."""
+        if parent.last.status is not RunStatus.SUSPENDED:
+            return
+        waiting = {w for w in parent.last.waiting_for if w.startswith("child:")}
+        if not waiting:
+            return
+        for event in await parent.history():
+            promise = str(event.payload.get("promise", ""))
+            if event.type is not EventType.CHILD_STARTED or promise not in waiting:
+                continue
+            child = await self.start(
+                str(event.payload["workflow"]),
+                event.payload.get("input"),
+                name=str(event.payload.get("run_name") or None),
+            )
+            try:
+                result = await child.result()
+            except RunFailedError as exc:
+                await self.store.deliver(parent.run_id, promise, InboxKind.REJECT, exc.error)
+            else:
+                await self.store.deliver(parent.run_id, promise, InboxKind.SIGNAL, to_json(result))
+        await self.activate(parent)
