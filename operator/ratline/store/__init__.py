@@ -3,3 +3,57 @@
 `open_store(dsn)` picks the implementation: a `postgresql://` DSN gives the
 asyncpg store, `memory://` the in-process one used by unit tests.
 """
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ratline.store.base import (
+    Event,
+    EventType,
+    InboxItem,
+    InboxKind,
+    Lease,
+    NewEvent,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
+    Store,
+)
+
+__all__ = [
+    "Event",
+    "EventType",
+    "InboxItem",
+    "InboxKind",
+    "Lease",
+    "NewEvent",
+    "NewRun",
+    "RunRecord",
+    "RunStatus",
+    "RunUpdate",
+    "Store",
+    "open_store",
+]
+
+
+async def open_store(dsn: str) -> Store:
+    """A connected store for `dsn`: `postgresql://`/`postgres://` or `memory://`.
+
+    The Postgres store is imported lazily so `memory://` users never load asyncpg.
+    """
+    scheme = urlsplit(dsn).scheme.lower() if "://" in dsn else ""
+    if scheme in ("postgresql", "postgres"):
+        from ratline.store.postgres import PostgresStore
+
+        return await PostgresStore.connect(dsn)
+    if scheme == "memory":
+        from ratline.store.memory import MemoryStore
+
+        return MemoryStore()
+    raise ValueError(
+        f"unsupported store DSN scheme {scheme!r}: use postgresql://... or memory://"
+        if scheme
+        else "store DSN has no scheme: use postgresql://user@host:port/db or memory://"
+    )

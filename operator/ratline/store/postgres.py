@@ -1,0 +1,611 @@
+"""The Postgres event store (asyncpg): what workers, the operator and the CLI use.
+
+Every call is one statement on a pooled connection, so one call is one network
+round trip; `append` runs the `ratline_append` SQL function (0001_init.sql) that
+fences on the lease epoch, writes the events, applies the run update, consumes
+inbox items and NOTIFYs in one commit. Connection failures (Postgres restarting,
+a dropped socket) are retried with backoff for a bounded time; `append` carries
+a token so a retry after a lost reply never writes twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+
+from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
+from ratline.store import migrate as migrations
+from ratline.store.base import (
+    Event,
+    EventType,
+    InboxItem,
+    InboxKind,
+    Lease,
+    NewEvent,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn: TypeAlias = migrations.Conn
+PlainConn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+AnyConn: TypeAlias = "asyncpg.connection.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
+CHANNEL = "ratline_events"
+
+#: Errors after which the same call may succeed on a fresh connection.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, starting up, crash
+    asyncpg.TooManyConnectionsError,
+)
+#: Connect errors that no amount of retrying fixes.
+_PERMANENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.exceptions.ClientConfigurationError,
+)
+#: While connecting, any other server error (e.g. still starting up) may pass.
+_RETRY_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    *_CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+)
+_RUN_FIELDS = tuple(RunRecord.model_fields)
+
+_INSERT_RUN = """
+INSERT INTO runs (id, namespace, name, workflow, entrypoint, image, input,
+                  max_duration_s, parent_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO NOTHING
+RETURNING *
+"""
+_GET_RUN = "SELECT * FROM runs WHERE id = $1"
+_LIST_RUNS = "SELECT * FROM runs ORDER BY created_at, id LIMIT $1"
+_LIST_RUNS_BY_STATUS = (
+    "SELECT * FROM runs WHERE status = ANY ($1::text[]) ORDER BY created_at, id LIMIT $2"
+)
+_DUE_RUNS = (
+    "SELECT * FROM runs WHERE status = 'suspended' AND wake_at <= $1 ORDER BY wake_at, id LIMIT $2"
+)
+_SET_STATUS = """
+WITH u AS (
+    UPDATE runs SET
+        status      = COALESCE($2, status),
+        started_at  = CASE WHEN $2 = 'running' THEN COALESCE(started_at, now())
+                           ELSE started_at END,
+        finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                           THEN COALESCE(finished_at, now()) ELSE finished_at END,
+        result      = CASE WHEN $3 THEN $4 ELSE result END,
+        error       = CASE WHEN $5 THEN $6 ELSE error END,
+        wake_at     = CASE WHEN $7::timestamptz IS NOT NULL THEN $7
+                           WHEN $8 THEN NULL ELSE wake_at END,
+        waiting_for = COALESCE($9, waiting_for),
+        updated_at  = now()
+    WHERE id = $1
+    RETURNING *
+)
+SELECT u.*, pg_notify('ratline_events', u.id)::text AS notified FROM u
+"""
+_ACQUIRE = """
+UPDATE runs SET lease_owner = $2, lease_epoch = lease_epoch + 1,
+       lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+WHERE id = $1 AND (lease_owner IS NULL OR lease_owner = $2
+                   OR lease_expires_at IS NULL OR lease_expires_at <= now())
+RETURNING lease_epoch, lease_expires_at
+"""
+_LEASE_STATE = "SELECT lease_owner, lease_epoch, lease_expires_at FROM runs WHERE id = $1"
+_RENEW = """
+UPDATE runs SET lease_expires_at = now() + make_interval(secs => $4)
+WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+RETURNING lease_expires_at
+"""
+_RELEASE = """
+UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+"""
+_REVOKE = """
+UPDATE runs SET lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
+       updated_at = now()
+WHERE id = $1
+RETURNING lease_epoch
+"""
+_LOAD_HISTORY = """
+SELECT run_id, seq, type, command_id, name, payload, time FROM events
+WHERE run_id = $1 AND seq > $2 ORDER BY seq
+"""
+_APPEND = (
+    "SELECT outcome, base_seq, at, cur_epoch"
+    " FROM ratline_append($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+)
+_DELIVER = """
+WITH ins AS (
+    INSERT INTO inbox (run_id, name, kind, payload) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (run_id, name) DO NOTHING
+    RETURNING run_id
+), woke AS (
+    UPDATE runs SET wake_at = now(), updated_at = now()
+    FROM ins
+    WHERE runs.id = ins.run_id
+      AND runs.status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+)
+SELECT pg_notify('ratline_events', ins.run_id)::text AS notified FROM ins
+"""
+_PENDING_INBOX = """
+SELECT run_id, name, kind, payload, created_at, consumed FROM inbox
+WHERE run_id = $1 AND NOT consumed ORDER BY delivery
+"""
+
+
+def _dumps(value: Any) -> str:
+    """Strict JSON (no NaN): what Postgres' jsonb accepts is what the store accepts."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC, like asyncpg does for timestamptz."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _run_record(row: asyncpg.Record) -> RunRecord:
+    return RunRecord.model_validate({key: row[key] for key in _RUN_FIELDS})
+
+
+def _update_args(update: RunUpdate) -> tuple[Any, ...]:
+    """The RunUpdate as (status, set_result, result, set_error, error, wake_at, clear, waiting).
+
+    `result` and `error` apply when given explicitly (so an explicit None clears them).
+    """
+    fields = update.model_fields_set
+    return (
+        update.status.value if update.status is not None else None,
+        "result" in fields,
+        update.result,
+        "error" in fields,
+        update.error,
+        _utc(update.wake_at),
+        update.clear_wake_at,
+        update.waiting_for,
+    )
+
+
+def describe_dsn(dsn: str) -> str:
+    """`host:port` (or the socket dir) of a DSN, for messages: never the password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
+        port = parts.port or 5432
+    except ValueError:
+        return "<unparsable DSN>"
+    return f"{host}:{port}"
+
+
+def _redact(text: str, dsn: str) -> str:
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+async def _init_connection(conn: Conn) -> None:
+    """Pool init: json/jsonb values cross the wire as Python objects."""
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+async def _no_reset(conn: Conn) -> None:
+    """Pool reset: the store never leaves session state behind, so skip the round trip."""
+
+
+class PostgresStore(Store):
+    """`Store` on Postgres; create with `await PostgresStore.connect(dsn)`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        dsn: str,
+        *,
+        op_retry_s: float,
+        connect_timeout_s: float,
+        migrations_dir: Path,
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._where = describe_dsn(dsn)
+        self._op_retry_s = op_retry_s
+        self._connect_timeout_s = connect_timeout_s
+        self._migrations_dir = migrations_dir
+        self._listener = _Listener(self._connect_listener)
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_retry_s: float = 10.0,
+        op_retry_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        migrations_dir: Path = migrations.MIGRATIONS_DIR,
+    ) -> PostgresStore:
+        """Open a pool, retrying unreachable servers for `connect_retry_s` seconds.
+
+        `op_retry_s` bounds how long each later call retries a lost connection.
+        """
+        where = describe_dsn(dsn)
+        deadline = time.monotonic() + connect_retry_s
+        delay = 0.1
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    dsn,
+                    min_size=min_size,
+                    max_size=max_size,
+                    timeout=connect_timeout_s,
+                    init=_init_connection,
+                    reset=_no_reset,
+                )
+            except _PERMANENT_CONNECT_ERRORS as exc:
+                detail = _redact(str(exc), dsn)
+                raise StoreError(
+                    f"cannot use Postgres at {where}: {type(exc).__name__}: {detail}"
+                ) from None
+            except _RETRY_CONNECT_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"cannot reach Postgres at {where} (gave up after {connect_retry_s:g} s): "
+                        f"{type(exc).__name__}: {_redact(str(exc), dsn)}"
+                    ) from None
+                log.warning("Postgres at %s not reachable yet (%s); retrying", where, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            else:
+                return cls(
+                    pool,
+                    dsn,
+                    op_retry_s=op_retry_s,
+                    connect_timeout_s=connect_timeout_s,
+                    migrations_dir=migrations_dir,
+                )
+
+    async def _call(self, what: str, op: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `op` on a pooled connection, retrying connection loss with backoff."""
+        deadline = time.monotonic() + self._op_retry_s
+        delay = 0.05
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    return await op(conn)
+            except StoreError:
+                raise
+            except _CONNECTION_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"{what}: lost the connection to Postgres at {self._where} "
+                        f"(retried {self._op_retry_s:g} s): {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.warning("%s: Postgres connection lost (%s); retrying", what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise RunNotFoundError(f"{what}: no such run") from exc
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        async def run(conn: Conn) -> None:
+            await migrations.migrate(conn, self._migrations_dir)
+
+        await self._call("migrate", run)
+
+    async def close(self) -> None:
+        await self._listener.close()
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=5.0)
+        except TimeoutError:
+            self._pool.terminate()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun) -> RunRecord:
+        args = (
+            run.id,
+            run.namespace,
+            run.name,
+            run.workflow,
+            run.entrypoint,
+            run.image,
+            run.input,
+            run.max_duration_s,
+            run.parent_id,
+        )
+
+        async def op(conn: Conn) -> RunRecord:
+            row = await conn.fetchrow(_INSERT_RUN, *args)
+            if row is None:  # already there: a fresh statement sees the winner's row
+                row = await conn.fetchrow(_GET_RUN, run.id)
+            if row is None:
+                raise StoreError(f"create_run {run.id}: the run was deleted while being created")
+            return _run_record(row)
+
+        return await self._call(f"create_run {run.id}", op)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        row = await self._call(f"get_run {run_id}", lambda c: c.fetchrow(_GET_RUN, run_id))
+        return _run_record(row) if row is not None else None
+
+    async def list_runs(
+        self, *, statuses: Sequence[RunStatus] | None = None, limit: int = 1000
+    ) -> list[RunRecord]:
+        if statuses is None:
+            rows = await self._call("list_runs", lambda c: c.fetch(_LIST_RUNS, limit))
+        else:
+            names = [RunStatus(s).value for s in statuses]
+            rows = await self._call(
+                "list_runs", lambda c: c.fetch(_LIST_RUNS_BY_STATUS, names, limit)
+            )
+        return [_run_record(row) for row in rows]
+
+    async def due_runs(self, now: datetime, limit: int = 100) -> list[RunRecord]:
+        rows = await self._call("due_runs", lambda c: c.fetch(_DUE_RUNS, _utc(now), limit))
+        return [_run_record(row) for row in rows]
+
+    async def set_status(self, run_id: str, update: RunUpdate) -> RunRecord:
+        args = _update_args(update)
+        row = await self._call(
+            f"set_status {run_id}", lambda c: c.fetchrow(_SET_STATUS, run_id, *args)
+        )
+        if row is None:
+            raise RunNotFoundError(f"set_status: no run {run_id}")
+        return _run_record(row)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
+        async def op(conn: Conn) -> Lease:
+            row = await conn.fetchrow(_ACQUIRE, run_id, owner, float(ttl_s))
+            if row is not None:
+                return Lease(
+                    run_id=run_id,
+                    owner=owner,
+                    epoch=row["lease_epoch"],
+                    expires_at=row["lease_expires_at"],
+                )
+            state = await conn.fetchrow(_LEASE_STATE, run_id)
+            if state is None:
+                raise RunNotFoundError(f"acquire_lease: no run {run_id}")
+            raise LeaseHeldError(
+                f"run {run_id} is leased by {state['lease_owner']!r} "
+                f"until {state['lease_expires_at'].isoformat()}"
+            )
+
+        return await self._call(f"acquire_lease {run_id}", op)
+
+    async def renew_lease(self, lease: Lease, ttl_s: float = 30.0) -> Lease:
+        async def op(conn: Conn) -> Lease:
+            row = await conn.fetchrow(_RENEW, lease.run_id, lease.epoch, lease.owner, float(ttl_s))
+            if row is not None:
+                return lease.model_copy(update={"expires_at": row["lease_expires_at"]})
+            await self._raise_fenced(conn, lease)
+            raise AssertionError("unreachable")
+
+        return await self._call(f"renew_lease {lease.run_id}", op)
+
+    async def _raise_fenced(self, conn: Conn, lease: Lease) -> None:
+        state = await conn.fetchrow(_LEASE_STATE, lease.run_id)
+        if state is None:
+            raise RunNotFoundError(f"no run {lease.run_id}")
+        raise FencedError(
+            f"run {lease.run_id}: lease epoch {lease.epoch} of {lease.owner!r} is no longer "
+            f"current (epoch {state['lease_epoch']}, owner {state['lease_owner']!r})"
+        )
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._call(
+            f"release_lease {lease.run_id}",
+            lambda c: c.execute(_RELEASE, lease.run_id, lease.epoch, lease.owner),
+        )
+
+    async def revoke_lease(self, run_id: str) -> int:
+        epoch = await self._call(f"revoke_lease {run_id}", lambda c: c.fetchval(_REVOKE, run_id))
+        if epoch is None:
+            raise RunNotFoundError(f"revoke_lease: no run {run_id}")
+        return int(epoch)
+
+    # -- history ----------------------------------------------------------------------------
+
+    async def load_history(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        rows = await self._call(
+            f"load_history {run_id}", lambda c: c.fetch(_LOAD_HISTORY, run_id, after_seq)
+        )
+        return [
+            Event(
+                run_id=row["run_id"],
+                seq=row["seq"],
+                type=EventType(row["type"]),
+                command_id=row["command_id"],
+                name=row["name"],
+                payload=row["payload"],
+                time=row["time"],
+            )
+            for row in rows
+        ]
+
+    async def append(
+        self,
+        lease: Lease,
+        events: Sequence[NewEvent],
+        update: RunUpdate | None = None,
+        consumed_inbox: Sequence[str] = (),
+    ) -> list[Event]:
+        encoded = _dumps(
+            [
+                {
+                    "type": e.type.value,
+                    "command_id": e.command_id,
+                    "name": e.name,
+                    "payload": e.payload,
+                }
+                for e in events
+            ]
+        )
+        payloads = [item["payload"] for item in json.loads(encoded)]  # copies, as stored
+        args = (
+            lease.run_id,
+            lease.epoch,
+            uuid.uuid4().hex,  # same token on every retry of this call: no double write
+            encoded,
+            *_update_args(update or RunUpdate()),
+            list(consumed_inbox),
+        )
+        row = await self._call(f"append {lease.run_id}", lambda c: c.fetchrow(_APPEND, *args))
+        assert row is not None  # the function always returns one row
+        outcome = row["outcome"]
+        if outcome == "not_found":
+            raise RunNotFoundError(f"append: no run {lease.run_id}")
+        if outcome == "fenced":
+            raise FencedError(
+                f"run {lease.run_id}: lease epoch {lease.epoch} of {lease.owner!r} is fenced "
+                f"(current epoch {row['cur_epoch']}); nothing was written"
+            )
+        base, at = row["base_seq"], row["at"]
+        if outcome == "duplicate":
+            log.info("append %s: an earlier try committed; not writing again", lease.run_id)
+            history = await self.load_history(lease.run_id, base)
+            return history[: len(events)]
+        return [
+            Event(
+                run_id=lease.run_id,
+                seq=base + i,
+                time=at,
+                type=e.type,
+                command_id=e.command_id,
+                name=e.name,
+                payload=payload,
+            )
+            for i, (e, payload) in enumerate(zip(events, payloads, strict=True), start=1)
+        ]
+
+    # -- inbox ------------------------------------------------------------------------------
+
+    async def deliver(self, run_id: str, name: str, kind: InboxKind, payload: Any = None) -> bool:
+        kind_value = InboxKind(kind).value
+        rows = await self._call(
+            f"deliver {run_id}/{name}",
+            lambda c: c.fetch(_DELIVER, run_id, name, kind_value, payload),
+        )
+        return bool(rows)
+
+    async def pending_inbox(self, run_id: str) -> list[InboxItem]:
+        rows = await self._call(
+            f"pending_inbox {run_id}", lambda c: c.fetch(_PENDING_INBOX, run_id)
+        )
+        return [InboxItem.model_validate(dict(row)) for row in rows]
+
+    # -- notifications ----------------------------------------------------------------------
+
+    async def wait_for_change(self, run_id: str | None, timeout_s: float) -> bool:
+        return await self._listener.wait(run_id, timeout_s)
+
+    async def _connect_listener(self) -> PlainConn:
+        deadline = time.monotonic() + self._op_retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+            except _CONNECTION_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"cannot reach Postgres at {self._where} to LISTEN: "
+                        f"{type(exc).__name__}: {_redact(str(exc), self._dsn)}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class _Listener:
+    """One lazily opened LISTEN connection shared by every `wait_for_change` caller.
+
+    If the connection drops, every waiter is woken (a notification may have been
+    lost, so callers re-read) and the next wait reconnects.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[PlainConn]]) -> None:
+        self._connect = connect
+        self._conn: PlainConn | None = None
+        self._lock = asyncio.Lock()
+        self._waiters: dict[str | None, set[asyncio.Event]] = {}
+
+    async def _ensure(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            conn = await self._connect()
+            try:
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except BaseException:
+                await conn.close()
+                raise
+            conn.add_termination_listener(self._on_lost)
+            self._conn = conn
+
+    def _on_notify(self, conn: AnyConn, pid: int, channel: str, payload: object) -> None:
+        for key in (payload if isinstance(payload, str) else None, None):
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    def _on_lost(self, conn: AnyConn) -> None:
+        self._conn = None
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+    async def wait(self, run_id: str | None, timeout_s: float) -> bool:
+        event = asyncio.Event()
+        self._waiters.setdefault(run_id, set()).add(event)
+        try:
+            await self._ensure()
+            await asyncio.wait_for(event.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(run_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[run_id]
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=5.0)
