@@ -88,15 +88,33 @@ class WorkflowContext(abc.ABC):
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
         """Adds run and step to records and stays silent while replaying."""
 
+    @overload
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[T], Any] | None = None,
+    ) -> T: ...
+    @overload
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[T], Any] | None = None,
+    ) -> T: ...
     @abc.abstractmethod
     async def run(
         self,
         name: str,
-        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        fn: Callable[..., Any],
         *args: Any,
         retry: RetryPolicy | None = None,
-        compensate: Callable[[T], Any] | None = None,
-    ) -> T:
+        compensate: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """Run a side effect once; its result is checkpointed. `compensate(result)` is
         registered as its undo action when it succeeds."""
 
@@ -108,14 +126,22 @@ class WorkflowContext(abc.ABC):
     def schedule_async(self, task: str | Callable[..., Any], *args: Any) -> TaskHandle[Any]:
         """Start a registered task (or `(name, fn)` via `run_async`) without waiting."""
 
-    @abc.abstractmethod
+    @overload
     def run_async(
         self,
         name: str,
-        fn: Callable[..., Awaitable[T]] | Callable[..., T],
+        fn: Callable[..., Awaitable[T]],
         *args: Any,
         retry: RetryPolicy | None = None,
-    ) -> TaskHandle[T]:
+    ) -> TaskHandle[T]: ...
+    @overload
+    def run_async(
+        self, name: str, fn: Callable[..., T], *args: Any, retry: RetryPolicy | None = None
+    ) -> TaskHandle[T]: ...
+    @abc.abstractmethod
+    def run_async(
+        self, name: str, fn: Callable[..., Any], *args: Any, retry: RetryPolicy | None = None
+    ) -> TaskHandle[Any]:
         """Like `run`, without waiting: for fan-out."""
 
     @overload

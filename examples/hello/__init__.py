@@ -1,0 +1,1 @@
+"""The smallest Ratline workflow: three checkpointed steps."""

@@ -1,0 +1,136 @@
+"""Settings, exit codes and the top-level flow of one worker process.
+
+The operator reads the exit code to decide what to do next, so every way a
+worker can stop maps to one documented code (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ratline.engine import ExecutionOptions, activate, resolve_entrypoint
+from ratline.engine.activate import EntrypointError
+from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
+from ratline.store import RunStatus, RunUpdate, Store, open_store
+
+log = logging.getLogger("ratline.worker")
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    CRASH = 1
+    USAGE = 2
+    INPUT_INVALID = 65
+    ENTRYPOINT_INVALID = 66
+    STORE_UNREACHABLE = 69
+    LEASE_HELD = 75
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    run_id: str
+    dsn: str
+    entrypoint: str
+    idle_threshold_s: float
+    worker_id: str
+    attempt: int
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
+    """Flags override env; a missing setting exits 2 naming the flag and the variable."""
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="python -m ratline.worker")
+    parser.add_argument("--run-id", default=env.get("RATLINE_RUN_ID", ""))
+    parser.add_argument("--dsn", default=env.get("RATLINE_DSN", ""))
+    parser.add_argument("--entrypoint", default=env.get("RATLINE_ENTRYPOINT", ""))
+    parser.add_argument(
+        "--idle-threshold", type=float, default=float(env.get("RATLINE_IDLE_THRESHOLD", "2"))
+    )
+    default_id = env.get("RATLINE_WORKER_ID") or env.get("HOSTNAME") or socket.gethostname()
+    parser.add_argument("--worker-id", default=f"{default_id}:{os.getpid()}")
+    parser.add_argument("--attempt", type=int, default=int(env.get("RATLINE_ATTEMPT", "1")))
+    args = parser.parse_args(argv)
+    for flag, var in (("run_id", "RATLINE_RUN_ID"), ("dsn", "RATLINE_DSN")):
+        if not getattr(args, flag):
+            parser.error(f"--{flag.replace('_', '-')} (or ${var}) is required")
+    return WorkerSettings(
+        run_id=args.run_id,
+        dsn=args.dsn,
+        entrypoint=args.entrypoint,
+        idle_threshold_s=args.idle_threshold,
+        worker_id=args.worker_id,
+        attempt=args.attempt,
+    )
+
+
+async def run_worker(settings: WorkerSettings, store: Store | None = None) -> ExitCode:
+    """Advance one run and say why it stopped; the exit code tells the operator."""
+    own_store = store is None
+    try:
+        if store is None:
+            store = await open_store(settings.dsn)
+    except StoreError as exc:
+        log.error("cannot reach the store: %s", exc)
+        return ExitCode.STORE_UNREACHABLE
+    try:
+        return await _advance(store, settings)
+    finally:
+        if own_store:
+            await store.close()
+
+
+async def _advance(store: Store, settings: WorkerSettings) -> ExitCode:
+    run = await store.get_run(settings.run_id)
+    if run is None:
+        log.error("run %s does not exist in the store", settings.run_id)
+        return ExitCode.USAGE
+    try:
+        spec = resolve_entrypoint(settings.entrypoint or run.entrypoint or run.workflow)
+    except EntrypointError as exc:
+        log.error("%s", exc)
+        error = {"type": "EntrypointInvalid", "message": str(exc)}
+        if not run.status.finished:
+            await store.set_status(run.id, RunUpdate(status=RunStatus.FAILED, error=error))
+        return ExitCode.ENTRYPOINT_INVALID
+    options = ExecutionOptions(idle_threshold_s=settings.idle_threshold_s, attempt=settings.attempt)
+    try:
+        outcome = await activate(
+            store, run.id, owner=settings.worker_id, spec=spec, options=options
+        )
+    except LeaseHeldError as exc:
+        log.error("%s", exc)
+        return ExitCode.LEASE_HELD
+    except FencedError as exc:
+        log.error("a newer worker took over run %s: %s", run.name, exc)
+        return ExitCode.LEASE_HELD
+    except RunNotFoundError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    except StoreError as exc:
+        log.error("the store failed while advancing run %s: %s", run.name, exc)
+        return ExitCode.STORE_UNREACHABLE
+    log.info("run %s stopped: %s", run.name, outcome.describe())
+    if outcome.error and outcome.error.get("type") == "InputValidationError":
+        return ExitCode.INPUT_INVALID
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("RATLINE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = parse_settings(argv)
+    try:
+        return int(asyncio.run(run_worker(settings)))
+    except KeyboardInterrupt:
+        return int(ExitCode.CRASH)
