@@ -1,0 +1,122 @@
+"""What only the memory store promises: an injectable clock and no aliasing.
+
+The shared semantics are pinned by tests/integration/test_store_contract.py,
+which runs against this store too; these tests need no I/O at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ratline.errors import LeaseHeldError
+from ratline.store import (
+    EventType,
+    InboxKind,
+    NewEvent,
+    NewRun,
+    RunStatus,
+    RunUpdate,
+    open_store,
+)
+from ratline.store.memory import MemoryStore
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def _new_run(**fields: Any) -> NewRun:
+    run_id = f"run-{uuid.uuid4()}"
+    return NewRun(id=run_id, name="r", workflow="wf", **fields)
+
+
+async def test_memory_store_stamps_times_from_the_injected_clock() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    run = await store.create_run(_new_run())
+    assert run.created_at == clock.now
+    lease = await store.acquire_lease(run.id, "w", ttl_s=30)
+    assert lease.expires_at == clock.now + timedelta(seconds=30)
+    clock.advance(5)
+    [event] = await store.append(lease, [NewEvent(type=EventType.RUN_STARTED)])
+    assert event.time == clock.now
+
+
+async def test_memory_store_lease_expires_when_the_clock_passes_the_ttl() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    run = await store.create_run(_new_run())
+    await store.acquire_lease(run.id, "old", ttl_s=30)
+    clock.advance(29)
+    with pytest.raises(LeaseHeldError, match="old"):
+        await store.acquire_lease(run.id, "new")
+    clock.advance(1)
+    taken = await store.acquire_lease(run.id, "new")
+    assert (taken.owner, taken.epoch) == ("new", 2)
+
+
+async def test_memory_store_due_runs_follow_skipped_time() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    run = await store.create_run(_new_run())
+    wake = clock.now + timedelta(days=7)
+    await store.set_status(run.id, RunUpdate(status=RunStatus.SUSPENDED, wake_at=wake))
+    assert await store.due_runs(clock.now) == []
+    clock.advance(timedelta(days=7).total_seconds())
+    assert [r.id for r in await store.due_runs(clock.now)] == [run.id]
+
+
+async def test_memory_store_copies_values_in_and_out() -> None:
+    store = MemoryStore()
+    value: dict[str, Any] = {"items": [1, {"k": "v"}]}
+    run = await store.create_run(_new_run(input=value))
+    value["items"].append("caller mutation after create")
+    run.input["items"].append("mutation of a returned record")
+    stored = await store.get_run(run.id)
+    assert stored is not None
+    assert stored.input == {"items": [1, {"k": "v"}]}
+
+    lease = await store.acquire_lease(run.id, "w")
+    payload: dict[str, Any] = {"value": (1, 2)}  # a tuple comes back as a JSON list
+    [written] = await store.append(lease, [NewEvent(type=EventType.STATE_SET, payload=payload)])
+    payload["value"] = "changed"
+    written.payload["value"] = "changed too"
+    [event] = await store.load_history(run.id)
+    assert event.payload == {"value": [1, 2]}
+
+    await store.deliver(run.id, "sig", InboxKind.SIGNAL, value)
+    [item] = await store.pending_inbox(run.id)
+    item.payload["items"].clear()
+    [again] = await store.pending_inbox(run.id)
+    assert again.payload["items"]
+
+
+async def test_open_store_memory_scheme_gives_a_fresh_memory_store() -> None:
+    first = await open_store("memory://")
+    second = await open_store("memory://tests")
+    assert isinstance(first, MemoryStore)
+    assert isinstance(second, MemoryStore)
+    await first.create_run(_new_run())
+    assert await second.list_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [("mysql://db/x", "mysql"), ("sqlite:///tmp/x", "sqlite"), ("just-a-name", "no scheme")],
+)
+async def test_open_store_rejects_unknown_schemes(dsn: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await open_store(dsn)
