@@ -37,7 +37,7 @@ binaries:
 lint: deps
 	$(VENV)/bin/ruff check operator tests bench examples
 	$(VENV)/bin/ruff format --check operator tests bench examples
-	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(VENV)/bin/lint-imports pyproject.toml
 
 typecheck: deps
 	$(VENV)/bin/mypy

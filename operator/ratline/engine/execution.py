@@ -417,9 +417,12 @@ class Execution(WorkflowContext):
             token = _current_step.set(f"{self.record.id}:{command_id}")
             self._in_flight += 1
             try:
-                value = fn(*args)
-                if inspect.isawaitable(value):
-                    value = await value
+                if _is_async(fn):
+                    value = await fn(*args)
+                else:  # blocking code must not stall the loop, leases or sibling steps
+                    value = await asyncio.to_thread(fn, *args)
+                    if inspect.isawaitable(value):
+                        value = await value
             except Exception as exc:  # the step's own failure: retry or give up
                 error: Exception | None = exc
             else:
@@ -794,6 +797,13 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a branch's exception as seen: unawaited handles must not warn."""
     if not task.cancelled():
         task.exception()
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    target = getattr(fn, "func", fn)  # functools.partial
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - async callable objects
+    )
 
 
 def _return_type(fn: Callable[..., Any]) -> Any:
