@@ -1,0 +1,1 @@
+"""Approval with a two-day deadline, escalation and a final decision."""

@@ -1,0 +1,1 @@
+"""Order saga: charge, reserve, ship, with compensation in reverse on failure."""

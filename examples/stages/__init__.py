@@ -1,0 +1,1 @@
+"""Sequential stages of parallel units, then a completion task; fails fast."""

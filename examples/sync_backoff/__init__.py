@@ -1,0 +1,1 @@
+"""Batched sync of a rate-limited API: backoff retries, a fatal credential error."""
