@@ -3,9 +3,8 @@ named by $RATLINE_TEST_LOG so tests can count them across worker processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
-from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -21,12 +20,12 @@ def effect(name: str) -> str:
     return name
 
 
-def slow_effect(name: str) -> str:
-    """Blocks until the file $RATLINE_TEST_GATE exists: a step a test can kill a worker in."""
+async def slow_effect(name: str) -> str:
+    """Waits until the file $RATLINE_TEST_GATE exists: a step a test can kill a worker in."""
     effect(f"{name}:started")
     gate = os.environ.get("RATLINE_TEST_GATE")
-    while gate and not Path(gate).exists():
-        time.sleep(0.02)
+    while gate and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 - polled by design
+        await asyncio.sleep(0.02)
     return effect(name)
 
 

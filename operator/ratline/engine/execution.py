@@ -226,7 +226,9 @@ class Execution(WorkflowContext):
     def schedule_async(self, task: str | Callable[..., Any], *args: Any) -> TaskHandle[Any]:
         spec = task_of(task)
         command_id = self._issue("step", spec.name)
-        coro = self._step(command_id, spec.name, spec.fn, args, spec.retry, spec.output_type)
+        coro = self._step(
+            command_id, spec.name, spec.fn, args, spec.retry, spec.output_type, offload=True
+        )
         return _Handle(spec.name, command_id, self._spawn(coro))
 
     def run_async(
@@ -237,7 +239,7 @@ class Execution(WorkflowContext):
         retry: RetryPolicy | None = None,
     ) -> TaskHandle[Any]:
         command_id = self._issue("step", name)
-        coro = self._step(command_id, name, fn, args, retry, _return_type(fn))
+        coro = self._step(command_id, name, fn, args, retry, _return_type(fn), offload=True)
         return _Handle(name, command_id, self._spawn(coro))
 
     async def gather(self, *handles: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
@@ -352,7 +354,6 @@ class Execution(WorkflowContext):
             )
             self._blocked = error
             raise error
-        self._changed.set()
         return command_id
 
     def _record(
@@ -386,7 +387,11 @@ class Execution(WorkflowContext):
         retry: RetryPolicy | None,
         output_type: Any,
         compensate: Callable[[Any], Any] | None = None,
+        *,
+        offload: bool = False,
     ) -> Any:
+        """Replay or execute one step. Sync functions run inline unless `offload`
+        (fan-out), where they run in threads so that items proceed together."""
         records = self.history.records(command_id)
         failures = [e for e in records if e.type is EventType.STEP_FAILED]
         done = self.history.first(command_id, EventType.STEP_COMPLETED)
@@ -419,10 +424,12 @@ class Execution(WorkflowContext):
             try:
                 if _is_async(fn):
                     value = await fn(*args)
-                else:  # blocking code must not stall the loop, leases or sibling steps
+                elif offload:  # fan-out: blocking items must run side by side
                     value = await asyncio.to_thread(fn, *args)
-                    if inspect.isawaitable(value):
-                        value = await value
+                else:  # sequential: a thread hop would cost more than most steps
+                    value = fn(*args)
+                if inspect.isawaitable(value):
+                    value = await value
             except Exception as exc:  # the step's own failure: retry or give up
                 error: Exception | None = exc
             else:
@@ -430,7 +437,8 @@ class Execution(WorkflowContext):
             finally:
                 self._in_flight -= 1
                 _current_step.reset(token)
-                self._changed.set()
+                if self._waiters:  # only a waiting sibling makes idleness possible
+                    self._changed.set()
             elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             if error is None:
                 result = to_json(value)
