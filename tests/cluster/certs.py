@@ -2,7 +2,8 @@
 
 `controlplane.py` calls `generate_pki` once per state directory: a CA, the
 apiserver's serving certificate, client certificates for the admin, the
-controller manager and the process kubelet (the kubelet's carries the
+controller manager, the scheduler (the process kubelet binds pods with it:
+NodeRestriction forbids nodes to) and the process kubelet (it carries the
 `system:node:<name>` identity the Node authorizer expects), the kubelet's
 serving certificate and the apiserver's client certificate for it (used by
 `kubectl logs`), and the RSA key pair that signs ServiceAccount tokens.
@@ -52,6 +53,7 @@ class Pki:
     apiserver: CertPair
     admin: CertPair
     controller_manager: CertPair
+    scheduler: CertPair  # the process kubelet binds pods under this identity
     kubelet_client: CertPair
     kubelet_serving: CertPair
     apiserver_kubelet_client: CertPair
@@ -148,6 +150,7 @@ def generate_pki(directory: Path, node_name: str) -> Pki:
         _Leaf("apiserver", "kube-apiserver", "serverAuth", sans=APISERVER_SANS),
         _Leaf("admin", "ratline-admin", "clientAuth", "system:masters"),
         _Leaf("controller-manager", "system:kube-controller-manager", "clientAuth"),
+        _Leaf("scheduler", "system:kube-scheduler", "clientAuth"),
         _Leaf("kubelet-client", node, "clientAuth", "system:nodes"),
         _Leaf("kubelet-serving", node, "serverAuth", sans=(*local, f"DNS:{node_name}")),
         _Leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "clientAuth"),
@@ -163,6 +166,7 @@ def generate_pki(directory: Path, node_name: str) -> Pki:
         apiserver=pairs["apiserver"],
         admin=pairs["admin"],
         controller_manager=pairs["controller-manager"],
+        scheduler=pairs["scheduler"],
         kubelet_client=pairs["kubelet-client"],
         kubelet_serving=pairs["kubelet-serving"],
         apiserver_kubelet_client=pairs["apiserver-kubelet-client"],

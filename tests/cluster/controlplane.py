@@ -1,0 +1,544 @@
+"""A private Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager
+and the process kubelet, each a child process whose log lands in `<state>/logs`.
+
+Used by the pytest plugin (`kube_fixtures.py`), by the demo, and from a shell:
+
+    python -m tests.cluster.controlplane up --state DIR    # detaches; prints `export KUBECONFIG=`
+    python -m tests.cluster.controlplane down --state DIR
+
+Every port is picked free on 127.0.0.1 and re-picked when another process
+takes it before the component binds, so several control planes can run side
+by side. Each component runs in its own process group; `stop()` sends
+SIGTERM to the group, waits, then SIGKILLs it, and (by default) the
+components also die with the process that started them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from tests.cluster.binaries import require
+from tests.cluster.certs import CertPair, Pki, generate_pki
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE_NAME = "ratline-node"
+SERVICE_CIDR = "10.0.0.0/24"
+ISSUER = "https://kubernetes.default.svc.cluster.local"
+_PORT_ATTEMPTS = 5
+_PORT_TAKEN = ("address already in use", "bind: address")
+
+
+class ControlPlaneError(RuntimeError):
+    """A component failed to start; the message has the last error and its log's tail."""
+
+
+def default_python() -> Path:
+    """The project virtualenv's interpreter (not resolved: the symlink is what selects the venv)."""
+    venv = REPO_ROOT / ".venv" / "bin" / "python"
+    return venv if venv.exists() else Path(sys.executable)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now; callers retry if it is taken before they bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, user: CertPair, name: str) -> Path:
+    """A self-contained kubeconfig (certificates embedded) for one client identity."""
+
+    def b64(file: Path) -> str:
+        return base64.b64encode(file.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "ratline",
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": name,
+                "user": {
+                    "client-certificate-data": b64(user.cert),
+                    "client-key-data": b64(user.key),
+                },
+            }
+        ],
+        "contexts": [{"name": name, "context": {"cluster": "ratline", "user": name}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """preexec hook: the kernel sends `sig` to the child when its parent dies."""
+
+    def hook() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+    return hook
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it; never raises."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # also stragglers left in the group
+    proc.wait()
+
+
+@dataclass
+class _Component:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    grace: float
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager (+ the process kubelet) in `state_dir`."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        node_name: str = NODE_NAME,
+        kubelet: bool = True,
+        die_with_parent: bool = True,
+        python: Path | None = None,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.node_name = node_name
+        self.with_kubelet = kubelet
+        self.die_with_parent = die_with_parent
+        self.python = python or default_python()
+        self.kubeconfig = self.state_dir / "kubeconfig"
+        self.log_dir = self.state_dir / "logs"
+        self.pod_dir = self.state_dir / "pods"
+        self.bin_dir = self.state_dir / "bin"
+        self.server = ""
+        self.start_seconds = 0.0
+        self._components: list[_Component] = []
+        self._pki: Pki | None = None
+        self._bins = require("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> ControlPlane:
+        """Start every component and wait until each is ready (about 6 s on 2 cores)."""
+        began = time.monotonic()
+        for stale in (self.state_dir / "etcd", self.pod_dir):  # always a fresh cluster
+            shutil.rmtree(stale, ignore_errors=True)
+        for directory in (self.state_dir, self.log_dir, self.pod_dir, self.bin_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._pki = pki = generate_pki(self.state_dir / "pki", self.node_name)
+            etcd_url = self._start_etcd()
+            self._start_apiserver(pki, etcd_url)
+            write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin, "admin")
+            self._start_controller_manager(pki)
+            if self.with_kubelet:
+                self._start_kubelet(pki)
+            self._link_tools()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Stop components in reverse order; the kubelet first so it can end its pods."""
+        while self._components:
+            component = self._components.pop()
+            stop_process(component.proc, component.grace)
+        if self.with_kubelet and self.pod_dir.exists():
+            from tests.cluster.kubelet import kill_pod_processes
+
+            kill_pod_processes(self.pod_dir)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Component name -> pid, for diagnostics and the CLI."""
+        return {c.name: c.proc.pid for c in self._components}
+
+    # -- components --------------------------------------------------------------------------
+
+    def _spawn(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+    ) -> _Component:
+        log = self.log_dir / f"{name}.log"
+        hook = None
+        if self.die_with_parent:  # the kubelet gets SIGTERM so it can still stop its pods
+            hook = _die_with_parent(signal.SIGTERM if name == "kubelet" else signal.SIGKILL)
+        with log.open("ab") as out:
+            out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=hook,
+            )
+        component = _Component(name, proc, log, grace=5.0)
+        self._components.append(component)
+        return component
+
+    def _with_free_ports(
+        self,
+        name: str,
+        count: int,
+        launch: Callable[[list[int]], list[str]],
+        ready: Callable[[list[int]], None],
+        timeout: float,
+    ) -> list[int]:
+        """Launch with fresh ports, re-picking them while the failure is a port taken meanwhile."""
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            ports = [free_port() for _ in range(count)]
+            component = self._spawn(name, launch(ports))
+            try:
+                self._wait(component, functools.partial(ready, ports), timeout)
+                return ports
+            except ControlPlaneError:
+                log_tail = tail(component.log, 40).lower()
+                if attempt == _PORT_ATTEMPTS or not any(s in log_tail for s in _PORT_TAKEN):
+                    raise
+                self._components.remove(component)
+                stop_process(component.proc, 1.0)
+        raise ControlPlaneError(f"{name}: no free port after {_PORT_ATTEMPTS} attempts")
+
+    def _wait(self, component: _Component, check: Callable[[], None], timeout: float) -> None:
+        """Poll `check` (raises while not ready) until it passes, the process dies or time is up."""
+        deadline = time.monotonic() + timeout
+        last_error = "not checked yet"
+        while True:
+            code = component.proc.poll()
+            if code is not None:
+                raise ControlPlaneError(
+                    f"{component.name} exited with code {code} before it was ready "
+                    f"(last check: {last_error}); tail of {component.log}:\n{tail(component.log)}"
+                )
+            try:
+                check()
+                return
+            except Exception as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"{component.name} not ready after {timeout:.0f}s (last error: {last_error}); "
+                    f"tail of {component.log}:\n{tail(component.log)}"
+                )
+            time.sleep(0.1)
+
+    def _start_etcd(self) -> str:
+        data = self.state_dir / "etcd"
+
+        def argv(ports: list[int]) -> list[str]:
+            shutil.rmtree(data, ignore_errors=True)  # etcd refuses a half-initialised data dir
+            client, peer = (f"http://127.0.0.1:{p}" for p in ports)
+            return [
+                str(self._bins["etcd"]), "--name=ratline", f"--data-dir={data}",
+                f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=ratline={peer}", "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true", "--log-level=warn",
+                "--quota-backend-bytes=4294967296", "--snapshot-count=50000",
+            ]  # fmt: skip
+
+        def ready(ports: list[int]) -> None:
+            url = f"http://127.0.0.1:{ports[0]}/health"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body = json.loads(resp.read())
+            if body.get("health") != "true":
+                raise ControlPlaneError(f"etcd health: {body}")
+
+        ports = self._with_free_ports("etcd", 2, argv, ready, timeout=30)
+        return f"http://127.0.0.1:{ports[0]}"
+
+    def _start_apiserver(self, pki: Pki, etcd_url: str) -> None:
+        def argv(ports: list[int]) -> list[str]:
+            return [
+                str(self._bins["kube-apiserver"]), f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={ports[0]}", f"--cert-dir={self.state_dir / 'apiserver'}",
+                f"--tls-cert-file={pki.apiserver.cert}",
+                f"--tls-private-key-file={pki.apiserver.key}",
+                f"--client-ca-file={pki.ca.cert}", "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-account-issuer={ISSUER}",
+                f"--service-account-key-file={pki.service_account_pub}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+                f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true",
+                "--profiling=false", "--max-requests-inflight=800",
+                "--max-mutating-requests-inflight=400",
+            ]  # fmt: skip
+
+        def ready(ports: list[int]) -> None:
+            self.server = f"https://127.0.0.1:{ports[0]}"
+            self._api("GET", "/readyz")
+
+        self._with_free_ports("kube-apiserver", 1, argv, ready, timeout=90)
+
+    def _start_controller_manager(self, pki: Pki) -> None:
+        kubeconfig = write_kubeconfig(
+            self.state_dir / "controller-manager.kubeconfig",
+            self.server,
+            pki.ca.cert,
+            pki.controller_manager,
+            "system:kube-controller-manager",
+        )
+
+        def argv(ports: list[int]) -> list[str]:
+            return [
+                str(self._bins["kube-controller-manager"]), f"--kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1", f"--secure-port={ports[0]}",
+                f"--cert-dir={self.state_dir / 'controller-manager'}", "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca.cert}", f"--cluster-signing-cert-file={pki.ca.cert}",
+                f"--cluster-signing-key-file={pki.ca.key}", "--cluster-name=ratline",
+                "--kube-api-qps=200", "--kube-api-burst=400", "--profiling=false",
+                "--concurrent-replicaset-syncs=10", "--concurrent-gc-syncs=30",
+            ]  # fmt: skip
+
+        def ready(ports: list[int]) -> None:
+            unverified = ssl.create_default_context()
+            unverified.check_hostname = False
+            unverified.verify_mode = ssl.CERT_NONE  # its serving cert is self-signed
+            url = f"https://127.0.0.1:{ports[0]}/healthz"
+            with urllib.request.urlopen(url, timeout=2, context=unverified) as resp:
+                resp.read()
+
+        self._with_free_ports("kube-controller-manager", 1, argv, ready, timeout=60)
+
+    def _start_kubelet(self, pki: Pki) -> None:
+        kubeconfigs = {
+            name: write_kubeconfig(self.state_dir / f"{name}.kubeconfig", self.server,
+                                   pki.ca.cert, pair, user)
+            for name, pair, user in (
+                ("kubelet", pki.kubelet_client, f"system:node:{self.node_name}"),
+                ("scheduler", pki.scheduler, "system:kube-scheduler"),
+            )
+        }  # fmt: skip
+        argv = [
+            str(self.python), "-m", "tests.cluster.kubelet",
+            f"--kubeconfig={kubeconfigs['kubelet']}",
+            f"--scheduler-kubeconfig={kubeconfigs['scheduler']}",
+            f"--node={self.node_name}", f"--work-dir={self.pod_dir}", f"--python={self.python}",
+            f"--repo-root={REPO_ROOT}", f"--serving-cert={pki.kubelet_serving.cert}",
+            f"--serving-key={pki.kubelet_serving.key}", f"--client-ca={pki.ca.cert}",
+        ]  # fmt: skip
+        tool_dirs = [str(self._bins["kubectl"].parent), str(self._bins["helm"].parent)]
+        env = {  # pods see kubectl and helm on PATH, as if their image shipped them
+            "PATH": os.pathsep.join([*tool_dirs, os.environ.get("PATH", "/usr/bin:/bin")]),
+            "PYTHONPATH": str(REPO_ROOT),
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        component = self._spawn("kubelet", argv, env)
+        component.grace = 20.0  # it stops its pods first (at most 5 s each, in parallel)
+
+        def node_ready() -> None:
+            node = self._api("GET", f"/api/v1/nodes/{self.node_name}")
+            conditions = node.get("status", {}).get("conditions", [])
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                raise ControlPlaneError(f"node {self.node_name} not Ready yet")
+
+        self._wait(component, node_ready, timeout=60)
+
+    def _link_tools(self) -> None:
+        for name in ("kubectl", "helm"):
+            link = self.bin_dir / name
+            if not link.is_symlink():
+                link.symlink_to(self._bins[name])
+
+    # -- admin API access without a client library -------------------------------------------
+
+    def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One admin request; returns the JSON body (empty for non-JSON answers)."""
+        assert self._pki is not None
+        context = ssl.create_default_context(cafile=str(self._pki.ca.cert))
+        context.load_cert_chain(str(self._pki.admin.cert), str(self._pki.admin.key))
+        request = urllib.request.Request(
+            self.server + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raise ControlPlaneError(
+                f"{method} {path}: HTTP {err.code}: {err.read()[:300]!r}"
+            ) from None
+        try:
+            parsed: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            return {}
+        return parsed
+
+
+# -- the detached CLI ---------------------------------------------------------------------------
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _serve(state: Path, node: str) -> int:
+    """Foreground: run the control plane until SIGTERM/SIGINT (what `up` detaches)."""
+    pid_file, ready_file = state / "controlplane.pid", state / "ready"
+    pid_file.write_text(str(os.getpid()))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    plane = ControlPlane(state, node_name=node)
+    try:
+        plane.start()
+        info = {"server": plane.server, "pids": plane.pids, "start_seconds": plane.start_seconds}
+        ready_file.write_text(json.dumps(info))
+        print(f"control plane ready in {plane.start_seconds:.1f}s: {info}", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        plane.stop()
+        ready_file.unlink(missing_ok=True)
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def _up(state: Path, node: str, timeout: float) -> int:
+    state.mkdir(parents=True, exist_ok=True)
+    pid_file, ready_file = state / "controlplane.pid", state / "ready"
+    if _pid_alive(pid_file) is None:
+        ready_file.unlink(missing_ok=True)
+        (state / "logs").mkdir(exist_ok=True)
+        log = state / "logs" / "controlplane.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.cluster.controlplane", "serve", "--state", str(state),
+                 "--node", node],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not ready_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(
+                    f"control plane failed to start; tail of {log}:\n{tail(log)}", file=sys.stderr
+                )
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGTERM)
+                return 1
+            time.sleep(0.2)
+    print(f"export KUBECONFIG={state / 'kubeconfig'}")
+    return 0
+
+
+def _down(state: Path, timeout: float) -> int:
+    pid_file = state / "controlplane.pid"
+    pid = _pid_alive(pid_file)
+    if pid is None:
+        print(f"no control plane running in {state}")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"control plane in {state} stopped")
+            return 0
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)  # its components die with it (PDEATHSIG)
+    pid_file.unlink(missing_ok=True)
+    print(f"control plane in {state} killed after {timeout:.0f}s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`up`, `down` or `serve` a control plane whose state lives in --state."""
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.controlplane")
+    parser.add_argument("command", choices=["up", "down", "serve"])
+    parser.add_argument("--state", type=Path, required=True, help="state directory")
+    parser.add_argument("--node", default=NODE_NAME, help="the process kubelet's node name")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    state: Path = args.state.resolve()
+    if args.command == "serve":
+        return _serve(state, args.node)
+    if args.command == "up":
+        return _up(state, args.node, args.timeout)
+    return _down(state, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1191 @@
+"""The process kubelet: runs the pods bound to its node as local processes (tests and demo only).
+
+Started by `controlplane.py` as `python -m tests.cluster.kubelet --kubeconfig ... --node ...`,
+with the `system:node:<node>` identity (Node authorizer + NodeRestriction apply) plus the
+scheduler's role: it binds every pod left to the default scheduler to itself, honouring
+scheduling gates and nodeSelector (not resource fit, affinity or taints).
+
+Like a kubelet it registers a Ready Node, renews its Lease, runs init containers one by one and
+then the containers (`command` + `args`; `python` is the project's virtualenv interpreter, the
+image is only recorded), resolves env/envFrom/valueFrom, writes a ServiceAccount kubeconfig (a
+bound TokenRequest token) when the admission plugin mounted a token and points KUBECONFIG at it,
+reports real pod status, restarts per restartPolicy with a short backoff (0.5 s doubling to
+10 s), honours deletion (SIGTERM, grace period, SIGKILL, then the final delete) and serves
+`kubectl logs` from `<work_dir>/<ns>_<pod>/<container>.log`.
+
+Simplifications: all pods share the host network (podIP = hostIP = 127.0.0.1); volumes other
+than the token, security contexts and resources are recorded, not enforced; liveness and
+startup probes are not run; readiness probes (httpGet, tcpSocket, exec on 127.0.0.1) are, and
+until their first success they are retried every second whatever periodSeconds says. The base
+environment is PATH (venv bin first), HOME, LANG, HOSTNAME, PYTHONPATH (the repository root)
+and PYTHONUNBUFFERED=1, standing in for the image's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+log = logging.getLogger("kubelet")
+
+MARKER_ENV = "RATLINE_KUBELET_PODS"  # on every pod process: the work dir, for leak sweeps
+HOST_IP = "127.0.0.1"
+TERMINAL = ("Succeeded", "Failed")
+_PYTHON = re.compile(r"python(3(\.\d+)?)?")
+_LABEL_REF = re.compile(r"metadata\.(labels|annotations)\['([^']*)'\]")
+_VAR_REF = re.compile(r"\$\$|\$\(([^)]*)\)")
+Obj = dict[str, Any]
+
+
+class ConfigError(Exception):
+    """The pod's env cannot be resolved yet (CreateContainerConfigError); retried."""
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the apiserver."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]!r}")
+        self.status = status
+
+
+# -- pure helpers (unit-tested) -----------------------------------------------------------------
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: defined names are replaced, `$$` escapes a `$`."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(sub, value)
+
+
+def field_ref(pod: Obj, path: str) -> str:
+    """The downward-API value of `fieldRef.fieldPath`."""
+    meta, spec = pod["metadata"], pod["spec"]
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "status.podIP": HOST_IP,
+        "status.podIPs": HOST_IP,
+        "status.hostIP": HOST_IP,
+        "status.hostIPs": HOST_IP,
+    }
+    if path in simple:
+        return str(simple[path])
+    match = _LABEL_REF.fullmatch(path)
+    if match:
+        return str(meta.get(match.group(1), {}).get(match.group(2), ""))
+    raise ConfigError(f"unsupported fieldRef {path!r}")
+
+
+def resolve_argv(container: Obj, env: Mapping[str, str], python: Path) -> list[str] | None:
+    """command + args, expanded; `python*` is the venv interpreter. None: no command given."""
+    command = container.get("command") or []
+    if not command:
+        return None
+    argv = [expand(arg, env) for arg in [*command, *(container.get("args") or [])]]
+    if _PYTHON.fullmatch(os.path.basename(argv[0])):
+        argv[0] = str(python)
+    return argv
+
+
+def pod_phase(
+    policy: str, init: list[tuple[bool, int | None]], main: list[tuple[bool, int | None]]
+) -> str:
+    """Phase from (running, last exit code) per container, as the kubelet computes it."""
+    for running, code in init:
+        if running or code is None:
+            return "Pending"
+        if code != 0:
+            return "Failed" if policy == "Never" else "Pending"
+    if any(running for running, _ in main):
+        return "Running"
+    if any(code is None for _, code in main):
+        return "Pending"
+    if all(code == 0 for _, code in main):
+        return "Running" if policy == "Always" else "Succeeded"
+    return "Failed" if policy == "Never" else "Running"
+
+
+def schedulable(pod: Obj, node_labels: Mapping[str, str]) -> bool | None:
+    """True: bind it here; False: it does not fit (nodeSelector); None: not ours to schedule."""
+    spec, meta = pod["spec"], pod["metadata"]
+    if spec.get("nodeName") or meta.get("deletionTimestamp") or spec.get("schedulingGates"):
+        return None
+    if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
+        return None
+    if pod.get("status", {}).get("phase") in TERMINAL:
+        return None
+    selector = spec.get("nodeSelector") or {}
+    return all(node_labels.get(key) == value for key, value in selector.items())
+
+
+def kill_pod_processes(work_dir: Path) -> int:
+    """SIGKILL the process group of every process a kubelet for `work_dir` started (leak sweep)."""
+    marker = f"{MARKER_ENV}={work_dir.resolve()}".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    return killed
+
+
+# -- the apiserver, as raw JSON ------------------------------------------------------------------
+
+
+class Api:
+    """JSON requests over the kubernetes client's connection pool (no model (de)serialisation:
+    the kubelet handles hundreds of pods and works on plain dicts)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        conf = k8s_client.Configuration()
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig), client_configuration=conf
+        )
+        conf.connection_pool_maxsize = 128
+        self.server: str = conf.host
+        self._auth = conf.auth_settings().get("BearerToken")
+        self._client = k8s_client.ApiClient(conf)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: Mapping[str, str] | None,
+        content_type: str,
+        timeout: Any,
+    ) -> Any:
+        url = self.server + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        if self._auth and self._auth["value"]:
+            headers[self._auth["key"]] = self._auth["value"]
+        return self._client.call_api(method, url, headers, body, None, _request_timeout=timeout)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        patch: str = "strategic-merge",
+        query: Mapping[str, str] | None = None,
+    ) -> Obj:
+        content_type = (
+            f"application/{patch}-patch+json" if method == "PATCH" else "application/json"
+        )
+        resp = self._send(method, path, body, query, content_type, (10, 30))
+        data: bytes = resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiError(resp.status, data)
+        return json.loads(data) if data else {}
+
+    def watch(self, path: str, query: Mapping[str, str]) -> Iterator[Obj]:
+        """Events of one watch request, until the server ends it."""
+        resp = self._send(
+            "GET",
+            path,
+            None,
+            {**query, "watch": "true"},
+            "application/json",
+            (10, int(query.get("timeoutSeconds", "300")) + 30),
+        )
+        if resp.status != 200:
+            raise ApiError(resp.status, resp.read())
+        raw = resp.response
+        try:
+            pending = b""
+            for chunk in raw.stream(65536, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
+
+
+# -- one pod --------------------------------------------------------------------------------------
+
+
+class _Container:
+    """One container's runtime state; `state`/`last_state` are API ContainerState objects."""
+
+    def __init__(self, spec: Obj, init: bool) -> None:
+        self.spec, self.name, self.init = spec, spec["name"], init
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.container_id = ""  # process://<pid> of the current or last run
+        self.exit_code: int | None = None  # of the last run
+        self.restarts = 0
+        self.state: Obj = {"waiting": {"reason": "ContainerCreating"}}
+        self.last_state: Obj = {}
+        self.started = 0.0  # monotonic start of the current run
+        self.not_before = 0.0  # monotonic time the next (re)start may happen
+        self.backoff = 0.5
+        self.ready = False
+        self.ever_ready = False
+        self.probe_at = 0.0
+        self.probe_failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    def status(self, image: str) -> Obj:
+        status: Obj = {
+            "name": self.name,
+            "image": image,
+            "imageID": "",
+            "ready": self.ready,
+            "started": self.running,
+            "restartCount": self.restarts,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+        if self.container_id:
+            status["containerID"] = self.container_id
+        return status
+
+
+class PodWorker(threading.Thread):
+    """Runs one pod from bind to its end (terminal phase, deletion or kubelet shutdown)."""
+
+    def __init__(self, kubelet: Kubelet, pod: Obj) -> None:
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.kubelet, self.pod, self.uid = kubelet, pod, meta["uid"]
+        self.ns, self.pod_name = meta["namespace"], meta["name"]
+        self.dir = kubelet.work_dir / f"{self.ns}_{self.pod_name}"
+        self.wake = threading.Event()
+        self.removed = False  # gone from the API: kill at once, report nothing
+        self.shutdown = False  # the kubelet is stopping
+        spec = pod["spec"]
+        self.init = [_Container(c, True) for c in spec.get("initContainers") or []]
+        self.main = [_Container(c, False) for c in spec["containers"]]
+        self.policy: str = spec.get("restartPolicy", "Always")
+        self.envs: dict[str, dict[str, str]] | None = None
+        self.start_time = now_iso()
+        self.since: dict[
+            str, tuple[str, str]
+        ] = {}  # condition type -> (status, lastTransitionTime)
+        self.sent: Obj | None = None
+        self.path = f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}"
+
+    def update(self, pod: Obj) -> None:
+        self.pod = pod
+        self.wake.set()
+
+    def stop(self, *, removed: bool = False) -> None:
+        if removed:
+            self.removed = True
+        else:
+            self.shutdown = True
+        self.wake.set()
+
+    def is_running(self, container: str) -> bool:
+        return any(c.running for c in [*self.init, *self.main] if c.name == container)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception:
+            log.exception("pod %s/%s: worker crashed", self.ns, self.pod_name)
+            self._terminate(0.0)
+        finally:
+            self.kubelet.worker_done(self)
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config_error = ""
+        while True:
+            self.wake.clear()
+            pod = self.pod
+            deletion = pod["metadata"].get("deletionTimestamp")
+            if self.removed or self.shutdown or deletion:
+                self._end(pod)
+                return
+            if self.envs is None:
+                try:
+                    self.envs = self._prepare(pod)
+                    config_error = ""
+                except (ConfigError, ApiError) as err:
+                    config_error = str(err)
+            self._reap()
+            if self.envs is not None:
+                self._advance(time.monotonic())
+            if self._report(config_error) in TERMINAL:
+                return
+            self.wake.wait(2.0 if config_error else self._next_due())
+
+    # -- configuration --
+
+    def _prepare(self, pod: Obj) -> dict[str, dict[str, str]]:
+        """Each container's environment; fetches Secrets/ConfigMaps and the SA token once."""
+        kubeconfig = self._service_account_kubeconfig(pod)
+        cache: dict[tuple[str, str], dict[str, str]] = {}
+        envs = {}
+        for c in [*self.init, *self.main]:
+            env = dict(self.kubelet.base_env)
+            env["HOSTNAME"] = self.pod_name
+            if kubeconfig:
+                env["KUBECONFIG"] = str(kubeconfig)
+            for source in c.spec.get("envFrom") or []:
+                env.update(self._env_from(source, cache))
+            for var in c.spec.get("env") or []:
+                value = self._env_value(pod, c.spec, var, env, cache)
+                if value is not None:
+                    env[var["name"]] = value
+            env["PATH"] = f"{self.kubelet.python.parent}{os.pathsep}{env['PATH']}"
+            paths = [str(self.kubelet.repo_root), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+            env[MARKER_ENV] = str(self.kubelet.work_dir)
+            envs[c.name] = env
+        return envs
+
+    def _object_data(
+        self, kind: str, name: str, cache: dict[tuple[str, str], dict[str, str]], optional: bool
+    ) -> dict[str, str] | None:
+        if (kind, name) not in cache:
+            resource = "secrets" if kind == "Secret" else "configmaps"
+            path = f"/api/v1/namespaces/{self.ns}/{resource}/{name}"
+            deadline = time.monotonic() + 5  # the Node authorizer learns the binding a bit later
+            while True:
+                try:
+                    obj = self.kubelet.api.call("GET", path)
+                    break
+                except ApiError as err:
+                    if err.status == 404:
+                        if optional:
+                            return None
+                        raise ConfigError(f'{kind.lower()} "{name}" not found') from None
+                    if err.status != 403 or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            data: dict[str, str] = dict(obj.get("data") or {})
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+            cache[(kind, name)] = data
+        return cache[(kind, name)]
+
+    def _env_from(
+        self, source: Obj, cache: dict[tuple[str, str], dict[str, str]]
+    ) -> dict[str, str]:
+        kind, ref = (
+            ("Secret", source["secretRef"])
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"])
+        )
+        data = self._object_data(kind, ref["name"], cache, bool(ref.get("optional")))
+        return {source.get("prefix", "") + k: v for k, v in (data or {}).items()}
+
+    def _env_value(
+        self,
+        pod: Obj,
+        container: Obj,
+        var: Obj,
+        env: Mapping[str, str],
+        cache: dict[tuple[str, str], dict[str, str]],
+    ) -> str | None:
+        if "valueFrom" not in var:
+            return expand(var.get("value", ""), env)
+        source = var["valueFrom"]
+        if "fieldRef" in source:
+            return field_ref(pod, source["fieldRef"]["fieldPath"])
+        if "resourceFieldRef" in source:
+            resource = source["resourceFieldRef"]["resource"]  # e.g. limits.cpu; no divisor
+            kind, _, name = resource.partition(".")
+            return str(container.get("resources", {}).get(kind, {}).get(name, "0"))
+        kind, ref = (
+            ("Secret", source["secretKeyRef"])
+            if "secretKeyRef" in source
+            else ("ConfigMap", source["configMapKeyRef"])
+        )
+        data = self._object_data(kind, ref["name"], cache, bool(ref.get("optional")))
+        if data is None or ref["key"] not in data:
+            if ref.get("optional"):
+                return None
+            raise ConfigError(f"couldn't find key {ref['key']} in {kind} {self.ns}/{ref['name']}")
+        return data[ref["key"]]
+
+    def _service_account_kubeconfig(self, pod: Obj) -> Path | None:
+        """A kubeconfig with a pod-bound token when admission mounted a ServiceAccount token
+        (it does unless automountServiceAccountToken is false on the pod or its SA)."""
+        sources = [
+            s["serviceAccountToken"]
+            for v in pod["spec"].get("volumes") or []
+            for s in (v.get("projected") or {}).get("sources") or []
+            if "serviceAccountToken" in s
+        ]
+        if not sources:
+            return None
+        sa = pod["spec"].get("serviceAccountName") or "default"
+        spec: Obj = {
+            "expirationSeconds": sources[0].get("expirationSeconds", 3607),
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.pod_name,
+                "uid": self.uid,
+            },
+        }
+        if sources[0].get("audience"):
+            spec["audiences"] = [sources[0]["audience"]]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token"
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                token = self.kubelet.api.call("POST", path, body)["status"]["token"]
+                break
+            except ApiError as err:
+                if err.status != 403 or time.monotonic() > deadline:
+                    raise ConfigError(f"token for serviceaccount {sa}: {err}") from None
+                time.sleep(0.2)
+        sa_dir = self.dir / "serviceaccount"
+        sa_dir.mkdir(exist_ok=True)
+        ca = self.kubelet.ca_file.read_bytes()
+        for name, content in (
+            ("token", token.encode()),
+            ("ca.crt", ca),
+            ("namespace", self.ns.encode()),
+        ):
+            (sa_dir / name).write_bytes(content)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": sa,
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.kubelet.api.server,
+                        "certificate-authority-data": base64.b64encode(ca).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [
+                {"name": sa, "context": {"cluster": "local", "user": sa, "namespace": self.ns}}
+            ],
+        }
+        kubeconfig = self.dir / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        kubeconfig.chmod(0o600)
+        return kubeconfig
+
+    # -- processes --
+
+    def _reap(self) -> None:
+        """Record the exit of every container process that ended."""
+        for c in [*self.init, *self.main]:
+            if c.proc is None or c.proc.poll() is None:
+                continue
+            rc = c.proc.returncode
+            code = 128 - rc if rc < 0 else rc  # killed by signal N -> 128 + N
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c.proc.pid, signal.SIGKILL)  # what it left behind dies with it
+            self._exited(c, code, "Completed" if code == 0 else "Error", "")
+
+    def _exited(self, c: _Container, code: int, reason: str, message: str) -> None:
+        terminated: Obj = {
+            "exitCode": code,
+            "reason": reason,
+            "finishedAt": now_iso(),
+            "startedAt": c.state.get("running", {}).get("startedAt", now_iso()),
+        }
+        if message:
+            terminated["message"] = message
+        if c.container_id:
+            terminated["containerID"] = c.container_id
+        log.info(
+            "pod %s/%s container %s exited %s (%s)", self.ns, self.pod_name, c.name, code, reason
+        )
+        c.proc, c.exit_code, c.ready, c.ever_ready = None, code, False, False
+        restart = (self.policy == "Always" and not c.init) or (code != 0 and self.policy != "Never")
+        if not restart:
+            c.state = {"terminated": terminated}
+            return
+        ran = time.monotonic() - c.started
+        delay = 0.5 if ran > 10 else c.backoff
+        c.backoff = 0.5 if ran > 10 else min(c.backoff * 2, 10.0)
+        c.not_before = time.monotonic() + delay
+        c.last_state = {"terminated": terminated}
+        c.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {delay:g}s restarting failed container={c.name}",
+            }
+        }
+
+    def _start(self, c: _Container) -> None:
+        assert self.envs is not None
+        env = self.envs[c.name]
+        if c.exit_code is not None:
+            c.restarts += 1
+        c.started = time.monotonic()
+        argv = resolve_argv(c.spec, env, self.kubelet.python)
+        if argv is None:
+            self._exited(
+                c,
+                128,
+                "NoCommand",
+                "the process kubelet runs only explicit commands: "
+                "set `command` (images are not pulled, their entrypoint is unknown)",
+            )
+            return
+        workdir = c.spec.get("workingDir") or ""
+        cwd = Path(workdir) if os.path.isabs(workdir) else self.dir / workdir
+        try:
+            if not os.path.isabs(workdir):
+                cwd.mkdir(parents=True, exist_ok=True)
+            with (self.dir / f"{c.name}.log").open("ab") as out:
+                c.proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as err:
+            self._exited(c, 128, "StartError", f"{argv[0]}: {err}")
+            return
+        c.state = {"running": {"startedAt": now_iso()}}
+        c.container_id = f"process://{c.proc.pid}"
+        c.probe_at = time.monotonic() + (c.spec.get("readinessProbe") or {}).get(
+            "initialDelaySeconds", 0
+        )
+        log.info(
+            "pod %s/%s container %s started pid %d", self.ns, self.pod_name, c.name, c.proc.pid
+        )
+        threading.Thread(target=self._await_exit, args=(c.proc,), daemon=True).start()
+
+    def _await_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self.wake.set()
+
+    def _startable(self) -> list[_Container]:
+        """Containers due to (re)start now or after their backoff: init ones one at a time."""
+        for c in self.init:
+            if c.exit_code == 0 and not c.running:
+                continue
+            return [c] if not c.running and "terminated" not in c.state else []
+        return [c for c in self.main if not c.running and "terminated" not in c.state]
+
+    def _advance(self, now: float) -> None:
+        for c in self._startable():
+            if now >= c.not_before:
+                self._start(c)
+        for c in self.main:
+            if c.running:
+                self._probe(c, now)
+
+    def _probe(self, c: _Container, now: float) -> None:
+        probe = c.spec.get("readinessProbe")
+        if not probe:
+            c.ready = True
+            return
+        if now < c.probe_at:
+            return
+        ok = run_probe(probe, c.spec, self.envs[c.name] if self.envs else {}, self.dir)
+        c.probe_failures = 0 if ok else c.probe_failures + 1
+        if ok:
+            c.ready = c.ever_ready = True
+        elif not c.ever_ready or c.probe_failures >= probe.get("failureThreshold", 3):
+            c.ready = False
+        period = float(probe.get("periodSeconds", 10))
+        c.probe_at = now + (period if c.ever_ready else min(period, 1.0))
+
+    def _next_due(self) -> float | None:
+        now = time.monotonic()
+        due = [c.not_before for c in self._startable()]
+        due += [c.probe_at for c in self.main if c.running and c.spec.get("readinessProbe")]
+        return max(0.0, min(due) - now) if due else None
+
+    def _end(self, pod: Obj) -> None:
+        """Deletion or shutdown: SIGTERM, grace period, SIGKILL; a deleted pod is then removed."""
+        if self.removed:
+            grace = 0.0
+        else:
+            grace = pod["metadata"].get("deletionGracePeriodSeconds")
+            if grace is None:
+                grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+            grace = float(grace)
+            if self.shutdown:
+                grace = min(grace, 5.0)
+        self._terminate(grace)
+        if not (self.removed or self.shutdown):
+            options = {
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": self.uid},
+            }
+            with contextlib.suppress(ApiError):  # 404/409: already gone or replaced
+                self.kubelet.api.call("DELETE", self.path, options)
+
+    def _terminate(self, grace: float) -> None:
+        procs = [c.proc for c in [*self.init, *self.main] if c.proc is not None]
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + wait
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+            if all(p.poll() is not None for p in procs):
+                break
+        self._reap()
+
+    # -- status --
+
+    def _report(self, config_error: str) -> str:
+        containers = [*self.init, *self.main]
+        if config_error:
+            for c in containers:
+                if not c.running and "terminated" not in c.state:
+                    c.state = {
+                        "waiting": {"reason": "CreateContainerConfigError", "message": config_error}
+                    }
+        phase = pod_phase(
+            self.policy,
+            [(c.running, c.exit_code) for c in self.init],
+            [(c.running, c.exit_code) for c in self.main],
+        )
+        ready = all(c.ready for c in self.main) and phase == "Running"
+        initialized = all(c.exit_code == 0 and not c.running for c in self.init)
+        conditions = [
+            self._condition(t, s)
+            for t, s in (
+                ("PodReadyToStartContainers", True),
+                ("Initialized", initialized),
+                ("ContainersReady", ready),
+                ("Ready", ready),
+                ("PodScheduled", True),
+            )
+        ]
+        images = {
+            c["name"]: c.get("image", "") for c in self.pod["spec"].get("initContainers") or []
+        }
+        images.update({c["name"]: c.get("image", "") for c in self.pod["spec"]["containers"]})
+        status: Obj = {
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "podIP": HOST_IP,
+            "podIPs": [{"ip": HOST_IP}],
+            "startTime": self.start_time,
+            "containerStatuses": [c.status(images[c.name]) for c in self.main],
+        }
+        if self.init:
+            status["initContainerStatuses"] = [c.status(images[c.name]) for c in self.init]
+        if status != self.sent:
+            try:
+                body = {"metadata": {"uid": self.uid}, "status": status}
+                self.kubelet.api.call("PATCH", self.path + "/status", body)
+                self.sent = status
+            except ApiError as err:
+                log.warning("pod %s/%s: status update failed: %s", self.ns, self.pod_name, err)
+        return phase
+
+    def _condition(self, kind: str, ok: bool) -> Obj:
+        value = "True" if ok else "False"
+        if self.since.get(kind, ("", ""))[0] != value:
+            self.since[kind] = (value, now_iso())
+        return {"type": kind, "status": value, "lastTransitionTime": self.since[kind][1]}
+
+
+def run_probe(probe: Obj, container: Obj, env: Mapping[str, str], cwd: Path) -> bool:
+    """One readiness check against 127.0.0.1 (httpGet, tcpSocket) or as a process (exec)."""
+    timeout = float(probe.get("timeoutSeconds", 1))
+
+    def port(value: Any) -> int:
+        if isinstance(value, int):
+            return value
+        named = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+        return int(named.get(value, value))
+
+    try:
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            scheme = get.get("scheme", "HTTP").lower()
+            url = f"{scheme}://{HOST_IP}:{port(get['port'])}{get.get('path', '/')}"
+            context = ssl.create_default_context()
+            context.check_hostname = False  # probes accept any serving certificate
+            context.verify_mode = ssl.CERT_NONE
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+                status: int = resp.status
+                return 200 <= status < 400
+        if "tcpSocket" in probe:
+            with socket.create_connection((HOST_IP, port(probe["tcpSocket"]["port"])), timeout):
+                return True
+        if "exec" in probe:
+            argv = list(probe["exec"].get("command") or [])
+            done = subprocess.run(
+                argv, env=dict(env), cwd=cwd, capture_output=True, timeout=timeout, check=False
+            )
+            return done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True  # grpc and unknown probes: not run, treated as passing
+
+
+# -- the node ----------------------------------------------------------------------------------
+
+
+class Kubelet:
+    """Registers the node, keeps its lease, binds pending pods and runs a PodWorker per pod."""
+
+    def __init__(
+        self, api: Api, node: str, work_dir: Path, python: Path, repo_root: Path, ca_file: Path
+    ) -> None:
+        self.api, self.node, self.python, self.repo_root = api, node, python, repo_root
+        self.scheduler_api = api
+        self.work_dir, self.ca_file = work_dir.resolve(), ca_file
+        self.labels = {
+            "kubernetes.io/hostname": node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "ratline.dev/process-kubelet": "true",
+        }
+        self.base_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()  # uids whose worker ended in a terminal phase
+        self.binding: set[str] = set()
+        self.unschedulable: set[str] = set()
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="bind")
+        self.stopping = threading.Event()
+        self.port, self.started = 0, now_iso()
+
+    def run(self, serving: tuple[Path, Path] | None) -> None:
+        """Until `stopping` is set; then every pod's processes are stopped."""
+        port = self._serve_logs(*serving) if serving else 0
+        self._register(port)
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        for name, api, selector, handle, resync in (
+            (
+                "watch-own",
+                self.api,
+                f"spec.nodeName={self.node}",
+                self.handle_own,
+                self._resync_own,
+            ),
+            (
+                "watch-pending",
+                self.scheduler_api,
+                "spec.nodeName=",
+                self.handle_pending,
+                self._resync_pending,
+            ),
+        ):
+            args = (api, selector, handle, resync)
+            threading.Thread(target=self._watch, args=args, name=name, daemon=True).start()
+        while not self.stopping.wait(1.0):
+            pass
+        with self.lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop()
+        for worker in workers:
+            worker.join(15)
+        kill_pod_processes(self.work_dir)
+
+    # -- node and lease --
+
+    def _node_status(self) -> Obj:
+        mem_kib = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
+        capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{mem_kib}Ki", "pods": "1000"}
+        beat = now_iso()
+        conditions = [
+            {
+                "type": t,
+                "status": s,
+                "reason": r,
+                "message": m,
+                "lastHeartbeatTime": beat,
+                "lastTransitionTime": self.started,
+            }
+            for t, s, r, m in (
+                ("Ready", "True", "KubeletReady", "process kubelet is posting ready status"),
+                ("MemoryPressure", "False", "KubeletHasSufficientMemory", "not checked"),
+                ("DiskPressure", "False", "KubeletHasNoDiskPressure", "not checked"),
+                ("PIDPressure", "False", "KubeletHasSufficientPID", "not checked"),
+            )
+        ]
+        return {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": conditions,
+            "addresses": [
+                {"type": "InternalIP", "address": HOST_IP},
+                {"type": "Hostname", "address": self.node},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+            "nodeInfo": {
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": os.uname().release,
+                "osImage": "process kubelet",
+                "containerRuntimeVersion": "process://1",
+                "kubeletVersion": "v1.35.4-ratline",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        }
+
+    def _register(self, port: int) -> None:
+        self.port = port
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node, "labels": self.labels},
+            "status": self._node_status(),
+        }
+        try:
+            created = self.api.call("POST", "/api/v1/nodes", node)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            created = self.api.call(
+                "PATCH", f"/api/v1/nodes/{self.node}/status", {"status": node["status"]}
+            )
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": self.node,
+                "namespace": "kube-node-lease",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "name": self.node,
+                        "uid": created["metadata"]["uid"],
+                    }
+                ],
+            },
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": 40,
+                "renewTime": _micro(),
+            },
+        }
+        with contextlib.suppress(ApiError):  # 409: a lease from an earlier run; renewed below
+            self.api.call(
+                "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease
+            )
+        log.info("node %s registered (logs on port %d)", self.node, port)
+
+    def _heartbeat(self) -> None:
+        lease = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}"
+        beats = 0
+        while not self.stopping.wait(10.0):
+            beats += 1
+            try:
+                self.api.call(
+                    "PATCH",
+                    lease,
+                    {"spec": {"renewTime": _micro(), "holderIdentity": self.node}},
+                    patch="merge",
+                )
+                if beats % 6 == 0:
+                    self.api.call(
+                        "PATCH",
+                        f"/api/v1/nodes/{self.node}/status",
+                        {"status": self._node_status()},
+                    )
+            except Exception as err:
+                log.warning("heartbeat failed: %s", err)
+
+    # -- pods --
+
+    def _watch(self, api: Api, field_selector: str, handle: Callable[[Obj, bool], None],
+               resync: Callable[[list[Obj]], None]) -> None:  # fmt: skip
+        """List then watch pods; re-list when the watch expires (410) or breaks."""
+        rv: str | None = None
+        while not self.stopping.is_set():
+            try:
+                if rv is None:
+                    listing = api.call(
+                        "GET", "/api/v1/pods", query={"fieldSelector": field_selector}
+                    )
+                    resync(listing["items"])
+                    rv = listing["metadata"]["resourceVersion"]
+                query = {"fieldSelector": field_selector, "resourceVersion": rv,
+                         "allowWatchBookmarks": "true", "timeoutSeconds": "300"}  # fmt: skip
+                for event in api.watch("/api/v1/pods", query):
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        log.info("watch ended: %s; re-listing", obj.get("message"))
+                        rv = None
+                        break
+                    rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK":
+                        handle(obj, event["type"] == "DELETED")
+            except Exception as err:
+                log.warning("pod watch (%s) failed (%s); re-listing", field_selector, err)
+                rv = None
+                self.stopping.wait(1.0)
+
+    def _resync_own(self, pods: list[Obj]) -> None:
+        seen = {p["metadata"]["uid"] for p in pods}
+        with self.lock:
+            gone = [w for uid, w in self.workers.items() if uid not in seen]
+        for worker in gone:
+            worker.stop(removed=True)
+        for pod in pods:
+            self.handle_own(pod, False)
+
+    def _resync_pending(self, pods: list[Obj]) -> None:
+        for pod in pods:
+            self.handle_pending(pod, False)
+
+    def handle_pending(self, pod: Obj, deleted: bool) -> None:
+        """An unscheduled pod: bind it (in the pool; the watch never waits on the API)."""
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            if deleted:  # deleted, or bound: it left the `spec.nodeName=` selection
+                self.unschedulable.discard(uid)
+                return
+            fits = schedulable(pod, self.labels)
+            if fits is None or uid in self.binding or (not fits and uid in self.unschedulable):
+                return
+            self.binding.add(uid)
+        self.pool.submit(self._bind if fits else self._unschedulable, pod)
+
+    def handle_own(self, pod: Obj, deleted: bool) -> None:
+        """A pod bound to this node: hand it to its worker; never blocks on process starts."""
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            worker = self.workers.get(uid)
+            if deleted:
+                self.finished.discard(uid)
+                if worker:
+                    worker.stop(removed=True)
+                return
+            if worker:
+                worker.update(pod)
+                return
+            if uid in self.finished or pod.get("status", {}).get("phase") in TERMINAL:
+                if pod["metadata"].get("deletionTimestamp"):
+                    self.pool.submit(self._delete_now, pod)
+                return
+            worker = self.workers[uid] = PodWorker(self, pod)
+        worker.start()
+
+    def worker_done(self, worker: PodWorker) -> None:
+        with self.lock:
+            self.workers.pop(worker.uid, None)
+            if not worker.removed:  # late events for it must not start it again
+                self.finished.add(worker.uid)
+
+    def is_running(self, ns: str, pod: str, container: str) -> bool:
+        with self.lock:
+            workers = list(self.workers.values())
+        return any(w.ns == ns and w.pod_name == pod and w.is_running(container) for w in workers)
+
+    def _bind(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "uid": meta["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+        }
+        try:
+            for attempt in range(5):
+                try:
+                    self.scheduler_api.call(
+                        "POST",
+                        f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding",
+                        body,
+                    )
+                    return
+                except ApiError as err:
+                    if err.status in (404, 409) or attempt == 4:  # gone, or bound by someone else
+                        log.info("bind %s/%s: %s", meta["namespace"], meta["name"], err)
+                        return
+                    time.sleep(0.2 * 2**attempt)
+        finally:
+            with self.lock:
+                self.binding.discard(meta["uid"])
+
+    def _unschedulable(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "lastTransitionTime": now_iso(),
+            "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node selector.",
+        }
+        with contextlib.suppress(ApiError):
+            self.scheduler_api.call(
+                "PATCH",
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [condition]}},
+            )
+        with self.lock:
+            self.unschedulable.add(meta["uid"])
+            self.binding.discard(meta["uid"])
+
+    def _delete_now(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": meta["uid"]},
+        }
+        with contextlib.suppress(ApiError):
+            self.api.call(
+                "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", options
+            )
+
+    # -- kubectl logs --
+
+    def _serve_logs(self, cert: Path, key: Path) -> int:
+        """HTTPS /containerLogs/<ns>/<pod>/<container> for the apiserver (client cert: our CA)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_file))
+        context.load_cert_chain(str(cert), str(key))
+        context.verify_mode = ssl.CERT_REQUIRED
+        kubelet = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                query = urllib.parse.parse_qs(url.query)
+                path = (
+                    kubelet.work_dir
+                    / (f"{parts[1]}_{parts[2]}" if len(parts) == 4 else "?")
+                    / f"{parts[-1]}.log"
+                )
+                if len(parts) != 4 or parts[0] != "containerLogs" or not path.is_file():
+                    self.send_error(404, "no such container log")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                with path.open("rb") as file:
+                    data = file.read()
+                    if "tailLines" in query:
+                        lines = data.splitlines(keepends=True)
+                        data = (
+                            b"".join(lines[-int(query["tailLines"][0]) :])
+                            if int(query["tailLines"][0])
+                            else b""
+                        )
+                    self.wfile.write(data)
+                    while query.get("follow") == ["true"] and kubelet.is_running(*parts[1:]):
+                        self.wfile.write(file.read())
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    self.wfile.write(file.read())
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer((HOST_IP, 0), Handler)
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, name="logs", daemon=True).start()
+        port: int = server.server_address[1]
+        return port
+
+
+def _micro() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.cluster.kubelet`: run until SIGTERM/SIGINT, then stop every pod."""
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.kubelet")
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--scheduler-kubeconfig", type=Path, help="identity that binds pods")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--python", type=Path, default=Path(sys.executable))
+    parser.add_argument("--repo-root", type=Path, default=Path(__file__).resolve().parents[2])
+    parser.add_argument(
+        "--client-ca", type=Path, required=True, help="cluster CA (pods, log clients)"
+    )
+    parser.add_argument("--serving-cert", type=Path)
+    parser.add_argument("--serving-key", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s"
+    )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    api = Api(args.kubeconfig)
+    kubelet = Kubelet(api, args.node, args.work_dir, args.python, args.repo_root, args.client_ca)
+    if args.scheduler_kubeconfig:  # NodeRestriction forbids a node to bind pods itself
+        kubelet.scheduler_api = Api(args.scheduler_kubeconfig)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: kubelet.stopping.set())
+    serving = (
+        (args.serving_cert, args.serving_key) if args.serving_cert and args.serving_key else None
+    )
+    kubelet.run(serving)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
