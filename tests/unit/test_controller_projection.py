@@ -309,6 +309,25 @@ def test_child_started_and_completed() -> None:
     assert fold.children == {}
 
 
+def test_child_named_by_run_name_is_settled_by_its_promise() -> None:
+    history = History()
+    history.add(
+        EventType.CHILD_STARTED,
+        2,
+        "sub",
+        workflow="sub",
+        input=None,
+        promise="child:2",
+        run_name="parent-sub-2",
+    )
+    fold = HistoryFold()
+    fold.apply_all(history.events)
+    assert list(fold.children) == ["parent-sub-2"]
+    history.add(EventType.PROMISE_RESOLVED, 2, "child:2", value=5)
+    fold.apply_all(history.events)
+    assert fold.children == {}
+
+
 def test_previews_are_capped() -> None:
     assert len(preview("x" * 10_000)) == 1024
     assert preview({"b": 1, "a": 2}) == '{"a": 2, "b": 1}'

@@ -247,6 +247,9 @@ class HistoryFold:
     def _promise_ended(self, event: Event) -> list[Notice]:
         name = event.name or f"promise-{event.command_id}"
         self.promises.pop(name, None)
+        for child, request in list(self.children.items()):
+            if request["promise"] == name:  # a child's outcome settles its promise
+                del self.children[child]
         if event.type is EventType.PROMISE_TIMED_OUT:
             return [Notice(event.seq, "PromiseTimedOut", f"promise {name} timed out", True)]
         verb = "resolved" if event.type is EventType.PROMISE_RESOLVED else "rejected"
@@ -269,7 +272,8 @@ class HistoryFold:
         return []
 
     def _child_started(self, event: Event) -> list[Notice]:
-        name = event.name or ""
+        # The engine names the run in `run_name` (the event's name is the step's).
+        name = str(event.payload.get("run_name") or event.name or "")
         child = {
             "name": name,
             "workflow": event.payload.get("workflow"),
@@ -280,7 +284,8 @@ class HistoryFold:
         return [Notice(event.seq, "ChildStarted", f"child run {name} requested", data=child)]
 
     def _child_completed(self, event: Event) -> list[Notice]:
-        self.children.pop(event.name or "", None)
+        name = str(event.payload.get("run_name") or event.name or "")
+        self.children.pop(name, None)
         return []
 
     # the run's own lifecycle

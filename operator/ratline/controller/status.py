@@ -15,7 +15,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -41,6 +41,28 @@ CONTROLLER_KEYS = (
     "observedGeneration",
 )
 _MANAGED = frozenset(CONTROLLER_KEYS) | frozenset(PROJECTED_KEYS) | {"conditions"}
+_MISSING = object()
+
+
+def merge_patch(
+    old: Mapping[str, Any], new: Mapping[str, Any], removable: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The RFC 7386 merge patch turning `old` into `new` (nested objects diffed, so a
+    sub-key that disappeared is removed rather than left behind). Only keys in
+    `removable` (all, if None) are deleted at this level."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = value
+    for key in old:
+        if key not in new and (removable is None or key in removable):
+            patch[key] = None
+    return patch
 
 
 class RunKey(NamedTuple):
@@ -223,8 +245,7 @@ class StatusWriter:
                 return
             version = entry.version
             desired = self._compose(entry)
-            patch = {k: v for k, v in desired.items() if entry.published.get(k) != v}
-            patch.update({k: None for k in entry.published if k in _MANAGED and k not in desired})
+            patch = merge_patch(entry.published, desired, removable=_MANAGED)
             if not patch:
                 entry.flushed_version = version
                 return
