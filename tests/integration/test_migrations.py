@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from ratline.errors import StoreError
+from ratline.store import EventType, InboxKind, NewEvent, NewRun
 from ratline.store.migrate import MIGRATIONS_DIR, load_migrations, migrate
 from ratline.store.postgres import PostgresStore
 
@@ -112,3 +113,25 @@ def test_migration_versions_must_be_unique(tmp_path: Path) -> None:
     (tmp_path / "0001_b.sql").write_text("SELECT 2;")
     with pytest.raises(StoreError, match="duplicate"):
         load_migrations(tmp_path)
+
+
+async def test_deleting_a_run_deletes_its_events_and_inbox(migrated_dsn: str) -> None:
+    store = await PostgresStore.connect(migrated_dsn)
+    try:
+        await store.create_run(NewRun(id="doomed", name="d", workflow="wf"))
+        await store.create_run(NewRun(id="kept", name="k", workflow="wf"))
+        for run_id in ("doomed", "kept"):
+            lease = await store.acquire_lease(run_id, "w")
+            await store.append(lease, [NewEvent(type=EventType.RUN_STARTED)])
+            await store.deliver(run_id, "sig", InboxKind.SIGNAL, 1)
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        await conn.execute("DELETE FROM runs WHERE id = 'doomed'")
+        events = await conn.fetch("SELECT run_id FROM events")
+        inbox = await conn.fetch("SELECT run_id FROM inbox")
+    finally:
+        await conn.close()
+    assert [r["run_id"] for r in events] == ["kept"]
+    assert [r["run_id"] for r in inbox] == ["kept"]

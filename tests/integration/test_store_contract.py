@@ -505,6 +505,23 @@ async def test_postgres_store_recovers_after_a_server_restart(
 
 
 @pytest.mark.integration
+async def test_postgres_store_survives_a_restart_it_has_not_noticed_yet(
+    pg_store: PostgresStore, postgres: PostgresServer
+) -> None:
+    run = await _new_run(pg_store)
+    lease = await pg_store.acquire_lease(run.id, "worker-a", ttl_s=60)
+    await asyncio.gather(*(pg_store.get_run(run.id) for _ in range(3)))  # several pooled
+    postgres.restart()  # blocks the loop: the idle connections' sockets are dead but unread
+    results = await asyncio.gather(
+        pg_store.append(lease, _events("after")),
+        pg_store.get_run(run.id),
+        pg_store.pending_inbox(run.id),
+    )
+    assert [e.seq for e in results[0]] == [1]
+    assert [e.name for e in await pg_store.load_history(run.id)] == ["after"]
+
+
+@pytest.mark.integration
 async def test_postgres_append_retry_with_the_same_token_writes_once(
     migrated_dsn: str,
 ) -> None:
