@@ -212,6 +212,8 @@ class PostgresServer:
     # -- internals ------------------------------------------------------------------------
 
     def _prepare_dirs(self) -> None:
+        if self._as_root:
+            self._check_reachable_by_postgres()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
         socket_path = self.socket_dir / ".s.PGSQL.65535"
@@ -221,7 +223,6 @@ class PostgresServer:
                 f"({len(str(socket_path))} > {_SOCKET_PATH_MAX} characters): use a shorter dir"
             )
         if self._as_root:
-            self._check_reachable_by_postgres()
             pw = pwd.getpwnam(_PG_USER)
             for path in (self.data_dir, self.socket_dir):
                 os.chown(path, pw.pw_uid, pw.pw_gid)
@@ -238,6 +239,8 @@ class PostgresServer:
                 "run tests/cluster/sysdeps.sh (or apt-get install postgresql)"
             ) from None
         for parent in self.data_dir.parents:
+            if not parent.exists():
+                continue  # created below by root with mode 0755
             st = parent.stat()
             if st.st_uid == pw.pw_uid:
                 ok = bool(st.st_mode & 0o100)
