@@ -28,6 +28,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -460,14 +461,17 @@ def _serve(state: Path, node: str) -> int:
     """Foreground: run the control plane until SIGTERM/SIGINT (what `up` detaches)."""
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
     pid_file.write_text(str(os.getpid()))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a handler, not a mask: children inherit masks
+        signal.signal(sig, lambda *_: stop.set())
     plane = ControlPlane(state, node_name=node)
     try:
         plane.start()
         info = {"server": plane.server, "pids": plane.pids, "start_seconds": plane.start_seconds}
         ready_file.write_text(json.dumps(info))
         print(f"control plane ready in {plane.start_seconds:.1f}s: {info}", flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        while not stop.wait(1.0):
+            pass
     finally:
         plane.stop()
         ready_file.unlink(missing_ok=True)

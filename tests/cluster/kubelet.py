@@ -1169,6 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-cert", type=Path)
     parser.add_argument("--serving-key", type=Path)
     args = parser.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # pods inherit it: signals must get through
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s"
     )
