@@ -829,7 +829,7 @@ class Kubelet:
             ),
         ):
             args = (api, selector, handle, resync)
-            threading.Thread(target=self._watch, args=args, name=name, daemon=True).start()
+            threading.Thread(target=self.watch_pods, args=args, name=name, daemon=True).start()
         while not self.stopping.wait(1.0):
             pass
         with self.lock:
@@ -955,7 +955,7 @@ class Kubelet:
 
     # -- pods --
 
-    def _watch(self, api: Api, field_selector: str, handle: Callable[[Obj, bool], None],
+    def watch_pods(self, api: Api, field_selector: str, handle: Callable[[Obj, bool], None],
                resync: Callable[[list[Obj]], None]) -> None:  # fmt: skip
         """List then watch pods; re-list when the watch expires (410) or breaks."""
         rv: str | None = None
