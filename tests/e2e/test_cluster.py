@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.cluster import controlplane
 from tests.cluster.binaries import BinDirs, MissingBinaryError
+from tests.cluster.controlplane import REPO_ROOT, ControlPlane, free_port
 from tests.cluster.kube_fixtures import Cluster
 
 pytestmark = pytest.mark.e2e
@@ -359,3 +365,125 @@ def test_cluster_tools_point_at_the_private_control_plane(cluster: Cluster) -> N
     nodes = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").stdout
     assert nodes == cluster.node_name
     assert cluster.helm("version", "--short").stdout.startswith("v3.")
+
+
+def test_init_containers_run_first_and_on_failure_restarts(
+    cluster: Cluster, namespace: str
+) -> None:
+    main = "test -f init-done || exit 9; test -f ran-once && exit 0; touch ran-once; exit 1"
+    spec = pod(
+        "restarts",
+        ["sh", "-c", main],
+        restartPolicy="OnFailure",
+        initContainers=[
+            {
+                "name": "init",
+                "image": "ratline.test/none:1",
+                "command": ["sh", "-c", "touch init-done"],
+            }
+        ],
+    )
+    apply(cluster, namespace, spec)
+    wait_for(lambda: pod_phase(cluster, namespace, "restarts") == "Succeeded", 30, "Succeeded")
+    status = (get(cluster, "pod", "restarts", "-n", namespace) or {})["status"]
+    assert status["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    main_status = status["containerStatuses"][0]
+    assert main_status["restartCount"] == 1
+    assert main_status["lastState"]["terminated"]["exitCode"] == 1
+    assert main_status["state"]["terminated"]["exitCode"] == 0
+
+
+def test_readiness_probes_are_run(cluster: Cluster, namespace: str) -> None:
+    port, closed_port = free_port(), free_port()
+    serve = f"sleep 1; exec python -m http.server {port} --bind 127.0.0.1"
+    probe = {"httpGet": {"path": "/", "port": port}, "periodSeconds": 30}
+    never = {"tcpSocket": {"port": closed_port}, "periodSeconds": 1}
+    apply(
+        cluster,
+        namespace,
+        pod("serves", ["sh", "-c", serve], container={"readinessProbe": probe}),
+        pod("never-ready", ["sleep", "600"], container={"readinessProbe": never}),
+    )
+
+    def ready(name: str) -> str:
+        obj = get(cluster, "pod", name, "-n", namespace) or {}
+        conditions = obj.get("status", {}).get("conditions", [])
+        return next((c["status"] for c in conditions if c["type"] == "Ready"), "")
+
+    # Ready long before periodSeconds (30 s): failed probes are retried every second until the
+    # first success.
+    wait_for(lambda: ready("serves") == "True", 10, "the serving pod to be Ready")
+    wait_for(lambda: pod_phase(cluster, namespace, "never-ready") == "Running", 30, "Running")
+    time.sleep(2)
+    assert ready("never-ready") == "False"
+
+
+def test_node_is_ready_and_renews_its_lease(cluster: Cluster) -> None:
+    node = get(cluster, "node", cluster.node_name)
+    assert node is not None
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    lease = get(cluster, "lease", cluster.node_name, "-n", "kube-node-lease")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == cluster.node_name
+    renewed = datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
+    assert (datetime.now(UTC) - renewed).total_seconds() < 30
+
+
+def test_cli_runs_a_second_control_plane_side_by_side(cluster: Cluster, tmp_path: Path) -> None:
+    state = tmp_path / "second"
+    cli = [sys.executable, "-m", "tests.cluster.controlplane"]
+    up = subprocess.run(
+        [*cli, "up", "--state", str(state)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.strip() == f"export KUBECONFIG={state / 'kubeconfig'}"
+        pids = json.loads((state / "ready").read_text())["pids"]
+        second = Cluster.from_state(state)
+        servers = {
+            c.kubectl(
+                "config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"
+            ).stdout
+            for c in (cluster, second)
+        }
+        assert len(servers) == 2
+        assert second.kubectl("get", "nodes", "-o", "name").stdout.strip() == "node/ratline-node"
+        assert cluster.kubectl("get", "nodes", "-o", "name").stdout.strip() == "node/ratline-node"
+    finally:
+        down = subprocess.run(
+            [*cli, "down", "--state", str(state)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=100,
+            check=False,
+        )
+    assert down.returncode == 0, down.stderr
+    assert all(process_cmdline(pid) == "" for pid in pids.values()), pids
+
+
+def test_a_port_taken_before_etcd_binds_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        picks = iter([busy, busy])  # etcd's first attempt gets a port someone else holds
+        real_free_port = controlplane.free_port
+        monkeypatch.setattr(controlplane, "free_port", lambda: next(picks, 0) or real_free_port())
+        plane = ControlPlane(tmp_path / "cp", kubelet=False)
+        plane.log_dir.mkdir(parents=True)
+        try:
+            url = plane._start_etcd()
+        finally:
+            plane.stop()
+    assert url.startswith("http://127.0.0.1:")
+    assert not url.endswith(f":{busy}")
+    assert "address already in use" in (plane.log_dir / "etcd.log").read_text()
