@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -166,6 +167,7 @@ class ControlPlane:
         self.bin_dir = self.state_dir / "bin"
         self.server = ""
         self.start_seconds = 0.0
+        self.timings: dict[str, float] = {}  # phase -> seconds since start() began, when ready
         self._components: list[_Component] = []
         self._pki: Pki | None = None
         self._bins = require("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
@@ -191,19 +193,29 @@ class ControlPlane:
         for directory in (self.state_dir, self.log_dir, self.pod_dir, self.bin_dir):
             directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._pki = pki = generate_pki(self.state_dir / "pki", self.node_name)
-            etcd_url = self._start_etcd()
+            with ThreadPoolExecutor(1) as pool:  # etcd needs no certificates: overlap the two
+                pki_future = pool.submit(generate_pki, self.state_dir / "pki", self.node_name)
+                etcd_url = self._start_etcd()
+                self._pki = pki = pki_future.result()
+            self._mark("etcd+pki", began)
             self._start_apiserver(pki, etcd_url)
             write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin, "admin")
+            self._mark("kube-apiserver", began)
+            kubelet = self._spawn_kubelet(pki) if self.with_kubelet else None
             self._start_controller_manager(pki)
-            if self.with_kubelet:
-                self._start_kubelet(pki)
+            self._mark("kube-controller-manager", began)
+            if kubelet is not None:
+                self._wait_node_ready(kubelet)
+                self._mark("kubelet", began)
             self._link_tools()
         except BaseException:
             self.stop()
             raise
         self.start_seconds = time.monotonic() - began
         return self
+
+    def _mark(self, phase: str, began: float) -> None:
+        self.timings[phase] = round(time.monotonic() - began, 2)
 
     def stop(self) -> None:
         """Stop components in reverse order; the kubelet first so it can end its pods."""
@@ -377,7 +389,7 @@ class ControlPlane:
 
         self._with_free_ports("kube-controller-manager", 1, argv, ready, timeout=60)
 
-    def _start_kubelet(self, pki: Pki) -> None:
+    def _spawn_kubelet(self, pki: Pki) -> _Component:
         kubeconfigs = {
             name: write_kubeconfig(self.state_dir / f"{name}.kubeconfig", self.server,
                                    pki.ca.cert, pair, user)
@@ -403,14 +415,16 @@ class ControlPlane:
         }
         component = self._spawn("kubelet", argv, env)
         component.grace = 20.0  # it stops its pods first (at most 5 s each, in parallel)
+        return component
 
+    def _wait_node_ready(self, kubelet: _Component) -> None:
         def node_ready() -> None:
             node = self._api("GET", f"/api/v1/nodes/{self.node_name}")
             conditions = node.get("status", {}).get("conditions", [])
             if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
                 raise ControlPlaneError(f"node {self.node_name} not Ready yet")
 
-        self._wait(component, node_ready, timeout=60)
+        self._wait(kubelet, node_ready, timeout=60)
 
     def _link_tools(self) -> None:
         for name in ("kubectl", "helm"):
@@ -467,7 +481,7 @@ def _serve(state: Path, node: str) -> int:
     plane = ControlPlane(state, node_name=node)
     try:
         plane.start()
-        info = {"server": plane.server, "pids": plane.pids, "start_seconds": plane.start_seconds}
+        info = {"server": plane.server, "pids": plane.pids, "timings": plane.timings}
         ready_file.write_text(json.dumps(info))
         print(f"control plane ready in {plane.start_seconds:.1f}s: {info}", flush=True)
         while not stop.wait(1.0):
