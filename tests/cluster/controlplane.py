@@ -404,7 +404,7 @@ class ControlPlane:
             f"--scheduler-kubeconfig={kubeconfigs['scheduler']}",
             f"--node={self.node_name}", f"--work-dir={self.pod_dir}", f"--python={self.python}",
             f"--repo-root={REPO_ROOT}", f"--serving-cert={pki.kubelet_serving.cert}",
-            f"--serving-key={pki.kubelet_serving.key}", f"--client-ca={pki.ca.cert}",
+            f"--serving-key={pki.kubelet_serving.key}",
         ]  # fmt: skip
         tool_dirs = [str(self._bins["kubectl"].parent), str(self._bins["helm"].parent)]
         env = {  # pods see kubectl and helm on PATH, as if their image shipped them

@@ -52,6 +52,7 @@ from kubernetes import config as k8s_config
 
 log = logging.getLogger("kubelet")
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER_ENV = "RATLINE_KUBELET_PODS"  # on every pod process: the work dir, for leak sweeps
 HOST_IP = "127.0.0.1"
 TERMINAL = ("Succeeded", "Failed")
@@ -185,6 +186,7 @@ class Api:
         )
         conf.connection_pool_maxsize = 128
         self.server: str = conf.host
+        self.ca_file = Path(conf.ssl_ca_cert or "")  # cluster CA (load_kube_config wrote it)
         self._auth = conf.auth_settings().get("BearerToken")
         self._client = k8s_client.ApiClient(conf)
 
@@ -291,7 +293,7 @@ class _Container:
 class PodWorker(threading.Thread):
     """Runs one pod from bind to its end (terminal phase, deletion or kubelet shutdown)."""
 
-    def __init__(self, kubelet: Kubelet, pod: Obj) -> None:
+    def __init__(self, kubelet: ProcessKubelet, pod: Obj) -> None:
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.kubelet, self.pod, self.uid = kubelet, pod, meta["uid"]
@@ -306,9 +308,8 @@ class PodWorker(threading.Thread):
         self.policy: str = spec.get("restartPolicy", "Always")
         self.envs: dict[str, dict[str, str]] | None = None
         self.start_time = now_iso()
-        self.since: dict[
-            str, tuple[str, str]
-        ] = {}  # condition type -> (status, lastTransitionTime)
+        # condition type -> (status, lastTransitionTime)
+        self.since: dict[str, tuple[str, str]] = {}
         self.sent: Obj | None = None
         self.path = f"/api/v1/namespaces/{self.ns}/pods/{self.pod_name}"
 
@@ -777,17 +778,30 @@ def run_probe(probe: Obj, container: Obj, env: Mapping[str, str], cwd: Path) -> 
 # -- the node ----------------------------------------------------------------------------------
 
 
-class Kubelet:
-    """Registers the node, keeps its lease, binds pending pods and runs a PodWorker per pod."""
+class ProcessKubelet:
+    """Registers the node, keeps its lease, binds pending pods and runs a PodWorker per pod.
+
+    `run()` blocks until `stopping` is set, so it works in a thread as well as in the
+    `python -m tests.cluster.kubelet` process the control plane starts. `kubeconfig` may be an
+    `Api` already (tests script one)."""
 
     def __init__(
-        self, api: Api, node: str, work_dir: Path, python: Path, repo_root: Path, ca_file: Path
+        self,
+        kubeconfig: Path | Api,
+        node_name: str,
+        work_dir: Path,
+        python: Path = Path(sys.executable),
+        repo_root: Path = REPO_ROOT,
+        *,
+        scheduler_kubeconfig: Path | None = None,
     ) -> None:
-        self.api, self.node, self.python, self.repo_root = api, node, python, repo_root
-        self.scheduler_api = api
-        self.work_dir, self.ca_file = work_dir.resolve(), ca_file
+        self.api = kubeconfig if isinstance(kubeconfig, Api) else Api(kubeconfig)
+        # NodeRestriction forbids a node to bind pods: the scheduler's identity does it.
+        self.scheduler_api = Api(scheduler_kubeconfig) if scheduler_kubeconfig else self.api
+        self.node, self.python, self.repo_root = node_name, python, repo_root
+        self.work_dir, self.ca_file = work_dir.resolve(), self.api.ca_file
         self.labels = {
-            "kubernetes.io/hostname": node,
+            "kubernetes.io/hostname": node_name,
             "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64",
             "ratline.dev/process-kubelet": "true",
@@ -807,7 +821,7 @@ class Kubelet:
         self.stopping = threading.Event()
         self.port, self.started = 0, now_iso()
 
-    def run(self, serving: tuple[Path, Path] | None) -> None:
+    def run(self, serving: tuple[Path, Path] | None = None) -> None:
         """Until `stopping` is set; then every pod's processes are stopped."""
         port = self._serve_logs(*serving) if serving else 0
         self._register(port)
@@ -1162,10 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--python", type=Path, default=Path(sys.executable))
-    parser.add_argument("--repo-root", type=Path, default=Path(__file__).resolve().parents[2])
-    parser.add_argument(
-        "--client-ca", type=Path, required=True, help="cluster CA (pods, log clients)"
-    )
+    parser.add_argument("--repo-root", type=Path, default=REPO_ROOT)
     parser.add_argument("--serving-cert", type=Path)
     parser.add_argument("--serving-key", type=Path)
     args = parser.parse_args(argv)
@@ -1175,10 +1186,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    api = Api(args.kubeconfig)
-    kubelet = Kubelet(api, args.node, args.work_dir, args.python, args.repo_root, args.client_ca)
-    if args.scheduler_kubeconfig:  # NodeRestriction forbids a node to bind pods itself
-        kubelet.scheduler_api = Api(args.scheduler_kubeconfig)
+    kubelet = ProcessKubelet(
+        args.kubeconfig, args.node, args.work_dir, args.python, args.repo_root,
+        scheduler_kubeconfig=args.scheduler_kubeconfig,
+    )  # fmt: skip
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: kubelet.stopping.set())
     serving = (

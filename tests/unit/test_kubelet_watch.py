@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.kubelet import Api, Kubelet
+from tests.cluster.kubelet import Api, ProcessKubelet
 
 
 def pod_event(kind: str, uid: str, rv: str) -> dict[str, Any]:
@@ -22,7 +22,8 @@ class ScriptedApi(Api):
     def __init__(self, lists: list[dict[str, Any]], watches: list[list[dict[str, Any]]]) -> None:
         self.lists, self.watches = lists, watches
         self.watched_from: list[str] = []
-        self.kubelet: Kubelet | None = None
+        self.kubelet: ProcessKubelet | None = None
+        self.ca_file = Path("/ca.crt")
 
     def call(
         self,
@@ -52,7 +53,7 @@ def listing(rv: str, *uids: str) -> dict[str, Any]:
 
 def run_loop(api: ScriptedApi) -> tuple[list[list[str]], list[str]]:
     """Run the loop over the scripts; returns the uids of each re-list and the events handled."""
-    kubelet = Kubelet(api, "n1", Path("/nonexistent"), Path("/py"), Path("/repo"), Path("/ca"))
+    kubelet = ProcessKubelet(api, "n1", Path("/nonexistent"))
     api.kubelet = kubelet
     resyncs: list[list[str]] = []
     handled: list[str] = []
