@@ -220,11 +220,6 @@ async def test_order_saga_crash_before_the_failure_still_compensates_once(step: 
     assert side_effects(inp["order_id"]) == {"charge": 1, "reserve": 1, "release": 1, "refund": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: SimulatedCrash raised by a compensation step escapes activate() "
-    "(_finish_failed runs inside `except Exception` of _body); remove when fixed",
-)
 @pytest.mark.parametrize("step", ["compensate:reserve-stock", "compensate:charge-payment"])
 async def test_order_saga_crash_after_each_undo_step_does_it_once(step: str) -> None:
     env = WorkflowTestEnv()

@@ -729,6 +729,15 @@ class Execution(WorkflowContext):
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _body(self, inp: Any) -> Activation:
+        """The workflow to its end; a crash or a lost lease may also hit compensation."""
+        try:
+            return await self._run_to_end(inp)
+        except _Abort as exc:
+            raise exc.cause from None
+        except SimulatedCrash:
+            return Activation(RunStatus.RUNNING, crashed=True, steps=self.steps)
+
+    async def _run_to_end(self, inp: Any) -> Activation:
         try:
             value = await self.spec.fn(self, inp)
             if self._blocked is not None:
@@ -744,10 +753,6 @@ class Execution(WorkflowContext):
             self._record(EventType.RUN_COMPLETED, None, None, {"result": result})
             await self._flush(RunUpdate(status=RunStatus.SUCCEEDED, result=result))
             return Activation(RunStatus.SUCCEEDED, result=result, steps=self.steps)
-        except _Abort as exc:
-            raise exc.cause from None
-        except SimulatedCrash:
-            return Activation(RunStatus.RUNNING, crashed=True, steps=self.steps)
         except WorkflowCancelled as exc:
             return await self._finish_failed(exc, cancelled=exc.reason)
         except Exception as exc:
