@@ -70,6 +70,16 @@ def free_port() -> int:
         return port
 
 
+def local_open(
+    url: str | urllib.request.Request, timeout: float, context: ssl.SSLContext | None = None
+) -> Any:
+    """urlopen for loopback URLs that never goes through an HTTP(S)_PROXY from the environment."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+
+
 def tail(path: Path, lines: int = 25) -> str:
     """The end of a log file, for error messages."""
     try:
@@ -321,7 +331,7 @@ class ControlPlane:
 
         def ready(ports: list[int]) -> None:
             url = f"http://127.0.0.1:{ports[0]}/health"
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with local_open(url, timeout=2) as resp:
                 body = json.loads(resp.read())
             if body.get("health") != "true":
                 raise ControlPlaneError(f"etcd health: {body}")
@@ -384,7 +394,7 @@ class ControlPlane:
             unverified.check_hostname = False
             unverified.verify_mode = ssl.CERT_NONE  # its serving cert is self-signed
             url = f"https://127.0.0.1:{ports[0]}/healthz"
-            with urllib.request.urlopen(url, timeout=2, context=unverified) as resp:
+            with local_open(url, timeout=2, context=unverified) as resp:
                 resp.read()
 
         self._with_free_ports("kube-controller-manager", 1, argv, ready, timeout=60)
@@ -446,7 +456,7 @@ class ControlPlane:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+            with local_open(request, timeout=5, context=context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             raise ControlPlaneError(

@@ -86,10 +86,12 @@ class Cluster:
 
     def api_client(self) -> k8s_client.ApiClient:
         """A new admin ApiClient; close it when done (it owns a connection pool)."""
-        api: k8s_client.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(self.kubeconfig)
+        conf = k8s_client.Configuration()
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig), client_configuration=conf
         )
-        return api
+        conf.no_proxy = ",".join(filter(None, [conf.no_proxy, "127.0.0.1", "localhost"]))
+        return k8s_client.ApiClient(conf)
 
     def pod_log(self, namespace: str, pod: str, container: str) -> str:
         """What the container wrote so far (also served to `kubectl logs`)."""

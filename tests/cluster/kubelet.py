@@ -185,6 +185,7 @@ class Api:
             config_file=str(kubeconfig), client_configuration=conf
         )
         conf.connection_pool_maxsize = 128
+        conf.no_proxy = ",".join(filter(None, [conf.no_proxy, "127.0.0.1", "localhost"]))
         self.server: str = conf.host
         self.ca_file = Path(conf.ssl_ca_cert or "")  # cluster CA (load_kube_config wrote it)
         self._auth = conf.auth_settings().get("BearerToken")
@@ -758,7 +759,11 @@ def run_probe(probe: Obj, container: Obj, env: Mapping[str, str], cwd: Path) -> 
             context = ssl.create_default_context()
             context.check_hostname = False  # probes accept any serving certificate
             context.verify_mode = ssl.CERT_NONE
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+            no_proxy = urllib.request.ProxyHandler({})  # 127.0.0.1, whatever HTTP_PROXY says
+            opener = urllib.request.build_opener(
+                no_proxy, urllib.request.HTTPSHandler(context=context)
+            )
+            with opener.open(url, timeout=timeout) as resp:
                 status: int = resp.status
                 return 200 <= status < 400
         if "tcpSocket" in probe:
