@@ -228,7 +228,7 @@ class ControlPlane:
         self.timings[phase] = round(time.monotonic() - began, 2)
 
     def stop(self) -> None:
-        """Stop components in reverse order; the kubelet first so it can end its pods."""
+        """Stop in reverse start order: controllers, kubelet (it ends its pods), apiserver, etcd."""
         while self._components:
             component = self._components.pop()
             stop_process(component.proc, component.grace)

@@ -356,9 +356,13 @@ class PodWorker(threading.Thread):
             self._reap()
             if self.envs is not None:
                 self._advance(time.monotonic())
-            if self._report(config_error) in TERMINAL:
+            phase, reported = self._report(config_error)
+            if phase in TERMINAL and reported:
                 return
-            self.wake.wait(2.0 if config_error else self._next_due())
+            if not reported:  # the apiserver must learn it: retry soon
+                self.wake.wait(1.0)
+            else:
+                self.wake.wait(2.0 if config_error else self._next_due())
 
     # -- configuration --
 
@@ -684,7 +688,8 @@ class PodWorker(threading.Thread):
 
     # -- status --
 
-    def _report(self, config_error: str) -> str:
+    def _report(self, config_error: str) -> tuple[str, bool]:
+        """Patch the pod's status if it changed; returns the phase and whether it is reported."""
         containers = [*self.init, *self.main]
         if config_error:
             for c in containers:
@@ -732,7 +737,8 @@ class PodWorker(threading.Thread):
                 self.sent = status
             except ApiError as err:
                 log.warning("pod %s/%s: status update failed: %s", self.ns, self.pod_name, err)
-        return phase
+                return phase, False
+        return phase, True
 
     def _condition(self, kind: str, ok: bool) -> Obj:
         value = "True" if ok else "False"
