@@ -1135,30 +1135,28 @@ class ProcessKubelet:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
-                parts = url.path.strip("/").split("/")
-                query = urllib.parse.parse_qs(url.query)
-                path = (
-                    kubelet.work_dir
-                    / (f"{parts[1]}_{parts[2]}" if len(parts) == 4 else "?")
-                    / f"{parts[-1]}.log"
-                )
-                if len(parts) != 4 or parts[0] != "containerLogs" or not path.is_file():
-                    self.send_error(404, "no such container log")
+                parts = url.path.strip("/").split("/")  # no part can hold a "/": no traversal
+                if len(parts) != 4 or parts[0] != "containerLogs":
+                    self.send_error(404, "only /containerLogs/<namespace>/<pod>/<container>")
                     return
+                ns, pod, container = parts[1:]
+                path = kubelet.work_dir / f"{ns}_{pod}" / f"{container}.log"
+                if not path.is_file():
+                    self.send_error(404, f"no log for {ns}/{pod}/{container}")
+                    return
+                query = urllib.parse.parse_qs(url.query)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
-                with path.open("rb") as file:
+                with contextlib.suppress(OSError), path.open("rb") as file:  # client gone
                     data = file.read()
                     if "tailLines" in query:
-                        lines = data.splitlines(keepends=True)
-                        data = (
-                            b"".join(lines[-int(query["tailLines"][0]) :])
-                            if int(query["tailLines"][0])
-                            else b""
-                        )
+                        keep = int(query["tailLines"][0])
+                        data = b"".join(data.splitlines(keepends=True)[-keep:]) if keep else b""
                     self.wfile.write(data)
-                    while query.get("follow") == ["true"] and kubelet.is_running(*parts[1:]):
+                    while query.get("follow") == ["true"] and kubelet.is_running(
+                        ns, pod, container
+                    ):
                         self.wfile.write(file.read())
                         self.wfile.flush()
                         time.sleep(0.2)

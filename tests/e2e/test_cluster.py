@@ -487,3 +487,13 @@ def test_a_port_taken_before_etcd_binds_is_picked_again(
     assert url.startswith("http://127.0.0.1:")
     assert not url.endswith(f":{busy}")
     assert "address already in use" in (plane.log_dir / "etcd.log").read_text()
+
+
+def test_kubectl_logs_follows_and_tails(cluster: Cluster, namespace: str) -> None:
+    script = "for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done"
+    apply(cluster, namespace, pod("talker", ["sh", "-c", script]))
+    wait_for(lambda: pod_phase(cluster, namespace, "talker") == "Running", 30, "Running")
+    followed = cluster.kubectl("logs", "-f", "talker", "-n", namespace, timeout=30).stdout
+    assert followed.split() == [f"line-{i}" for i in range(1, 6)]  # returns once it exits
+    tailed = cluster.kubectl("logs", "--tail=2", "talker", "-n", namespace).stdout
+    assert tailed.split() == ["line-4", "line-5"]
