@@ -1,9 +1,11 @@
 """The process kubelet: runs the pods bound to its node as local processes (tests and demo only).
 
-Started by `controlplane.py` as `python -m tests.cluster.kubelet --kubeconfig ... --node ...`,
-with the `system:node:<node>` identity (Node authorizer + NodeRestriction apply) plus the
-scheduler's role: it binds every pod left to the default scheduler to itself, honouring
-scheduling gates and nodeSelector (not resource fit, affinity or taints).
+Started by `controlplane.py` as `python -m tests.cluster.kubelet --kubeconfig ... --node ...`
+with the `system:node:<node>` identity (Node authorizer + NodeRestriction apply). It is also
+the cluster's scheduler: under the `system:kube-scheduler` identity (NodeRestriction forbids a
+node to bind pods) it binds every pod left to the default scheduler to itself, honouring
+scheduling gates and nodeSelector, not resource fit, affinity or taints (the Node reports the
+machine's real cpu and memory, and room for 1000 pods).
 
 Like a kubelet it registers a Ready Node, renews its Lease, runs init containers one by one and
 then the containers (`command` + `args`; `python` is the project's virtualenv interpreter, the
