@@ -79,6 +79,7 @@ def test_worker_env() -> None:
     assert env["RATLINE_RUN_ID"]["value"] == UID
     assert env["RATLINE_ENTRYPOINT"]["value"] == "shop.flows:order"
     assert env["RATLINE_IDLE_THRESHOLD"]["value"] == "2.5"
+    assert env["RATLINE_ATTEMPT"]["value"] == "3"
     assert env["RATLINE_WORKER_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["RATLINE_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "db-creds", "key": "url"}}
 

@@ -30,6 +30,7 @@ RESERVED_ENV = frozenset(
         "RATLINE_IDLE_THRESHOLD",
         "RATLINE_WORKER_ID",
         "RATLINE_DSN",
+        "RATLINE_ATTEMPT",
     }
 )
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -92,6 +93,7 @@ def _env(params: WorkerPodParams) -> list[dict[str, Any]]:
         {"name": "RATLINE_RUN_ID", "value": params.run_uid},
         {"name": "RATLINE_ENTRYPOINT", "value": params.entrypoint},
         {"name": "RATLINE_IDLE_THRESHOLD", "value": f"{params.idle_threshold:g}"},
+        {"name": "RATLINE_ATTEMPT", "value": str(params.attempt)},
         {
             "name": "RATLINE_WORKER_ID",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},

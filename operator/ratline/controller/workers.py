@@ -109,10 +109,13 @@ class Workers:
         key = RunKey(str(meta.get("namespace")), str(owner["name"]), str(uid))
         if not ctx.writer.known(key.uid):
             obj = await ctx.kube.get_run(key.namespace, key.name)
-            if obj is None or obj["metadata"].get("uid") != key.uid:
-                return None  # the run is gone; garbage collection removes the pod
-            ctx.writer.seed(key, obj.get("status"))
+            meta = (obj or {}).get("metadata") or {}
+            if meta.get("uid") != key.uid or meta.get("deletionTimestamp"):
+                return None  # the run is gone or going; its finalizer removes the pods
+            ctx.writer.seed(key, (obj or {}).get("status"))
         async with ctx.lock(key.uid):
+            if not ctx.writer.known(key.uid):
+                return None  # finalized meanwhile
             status = ctx.writer.view(key.uid)
             attempt = int(labels.get(LABEL_ATTEMPT) or 0)
             current = int(status.get("activations") or 0)

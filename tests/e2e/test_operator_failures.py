@@ -1,0 +1,108 @@
+"""Bad input never crash-loops: each mistake ends in a clear condition, and stays there."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import (
+    E2E_LOG_ENV,
+    Kubectl,
+    OperatorProcess,
+    run_manifest,
+    unique,
+    workflow_manifest,
+)
+from tests.e2e.workflows.flows import read_effects
+
+pytestmark = pytest.mark.e2e
+
+HELLO = "examples.hello.workflow:hello"
+
+
+def conditions(status: dict[str, object]) -> dict[str, dict[str, str]]:
+    return {c["type"]: c for c in status.get("conditions", [])}  # type: ignore[attr-defined]
+
+
+def test_missing_workflow_waits_then_runs_when_it_appears(
+    operator: OperatorProcess, kubectl: Kubectl
+) -> None:
+    name = unique("early")
+    kubectl.apply(run_manifest(name, "not-yet", {"name": "early"}))
+
+    def not_found() -> dict[str, object] | None:
+        status = kubectl.status(name)
+        return status if "WorkflowNotFound" in conditions(status) else None
+
+    from tests.e2e.conftest import wait_for
+
+    status = wait_for("the WorkflowNotFound condition", not_found, timeout=30)
+    assert status["phase"] == "Pending"
+    assert "not-yet" in conditions(status)["WorkflowNotFound"]["message"]
+    assert status["waiting"] == "workflow not-yet"
+    assert not kubectl.worker_pods(name)
+    assert operator.alive
+
+    kubectl.apply(workflow_manifest("not-yet", HELLO))
+    done = kubectl.wait_phase(name, "Succeeded", timeout=60)
+    assert "WorkflowNotFound" not in conditions(done)
+
+
+def test_bad_input_fails_once_with_input_invalid(
+    operator: OperatorProcess, kubectl: Kubectl
+) -> None:
+    kubectl.apply(workflow_manifest("hello", HELLO))
+    name = unique("badinput")
+    kubectl.apply(run_manifest(name, "hello", {"name": "", "times": 99}))
+    status = kubectl.wait_phase(name, "Failed", timeout=60)
+    condition = conditions(status)["InputInvalid"]
+    assert condition["status"] == "True"
+    assert "name" in condition["message"] or "times" in condition["message"]
+    assert status["lastExit"]["exitCode"] == 65
+    time.sleep(3)  # no retry, no new pod
+    after = kubectl.status(name)
+    assert after["activations"] == 1
+    assert after.get("retries", 0) == 0
+    assert len(kubectl.worker_pods(name)) == 1
+    assert operator.alive
+
+
+def test_unknown_entrypoint_fails_with_entrypoint_invalid(
+    operator: OperatorProcess, kubectl: Kubectl
+) -> None:
+    kubectl.apply(workflow_manifest("ghost", "examples.nowhere:nothing"))
+    name = unique("ghost")
+    kubectl.apply(run_manifest(name, "ghost", {"a": 1}))
+    status = kubectl.wait_phase(name, "Failed", timeout=60)
+    assert "EntrypointInvalid" in conditions(status)
+    assert status["lastExit"]["exitCode"] == 66
+    time.sleep(3)
+    assert kubectl.status(name)["activations"] == 1
+    assert operator.alive
+
+
+def test_crashing_worker_is_replaced_with_backoff_then_exhausted(
+    operator: OperatorProcess, kubectl: Kubectl, effects_log: str
+) -> None:
+    """A worker that dies mid-step every time is replaced with backoff, counted in
+    retries, and the run fails with RetriesExhausted: no endless crash loop."""
+    operator.extra_args = ["--max-retries", "2"]
+    operator.restart(kill=False)
+    kubectl.apply(
+        workflow_manifest(
+            "crash", "tests.e2e.workflows.flows:crash", env={E2E_LOG_ENV: effects_log}
+        )
+    )
+    name, key = unique("crashy"), unique("k")
+    kubectl.apply(run_manifest(name, "crash", {"key": key}))
+    status = kubectl.wait_phase(name, "Failed", timeout=120)
+    condition = conditions(status)["RetriesExhausted"]
+    assert "exit code 3" in condition["message"]
+    assert status["retries"] == 2
+    assert status["activations"] == 3
+    assert status["lastExit"]["exitCode"] == 3
+    assert [r["op"] for r in read_effects(effects_log, key)] == ["die"] * 3
+    time.sleep(2)
+    assert kubectl.status(name)["activations"] == 3
+    assert operator.alive
