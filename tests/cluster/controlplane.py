@@ -165,8 +165,13 @@ class ControlPlane:
         kubelet: bool = True,
         die_with_parent: bool = True,
         python: Path | None = None,
+        crds: Sequence[Path] = (),
     ) -> None:
         self.state_dir = state_dir.resolve()
+        # Installed before the controller manager starts: its garbage collector discovers
+        # resources at start and then only every 30 s, so CRDs created later get their
+        # dependents collected up to ~40 s late.
+        self.crds = [file for path in crds for file in _yaml_files(path)]
         self.node_name = node_name
         self.with_kubelet = kubelet
         self.die_with_parent = die_with_parent
@@ -211,6 +216,9 @@ class ControlPlane:
             self._start_apiserver(pki, etcd_url)
             write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin, "admin")
             self._mark("kube-apiserver", began)
+            if self.crds:
+                self._install_crds()
+                self._mark("crds", began)
             kubelet = self._spawn_kubelet(pki) if self.with_kubelet else None
             self._start_controller_manager(pki)
             self._mark("kube-controller-manager", began)
@@ -444,8 +452,43 @@ class ControlPlane:
 
     # -- admin API access without a client library -------------------------------------------
 
-    def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One admin request; returns the JSON body (empty for non-JSON answers)."""
+    def _install_crds(self) -> None:
+        """Create the CRDs (existing ones are kept) and wait until each is Established."""
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        names = []
+        for file in self.crds:
+            for doc in yaml.safe_load_all(file.read_text()):
+                if not doc:
+                    continue
+                if doc.get("kind") != "CustomResourceDefinition":
+                    raise ControlPlaneError(
+                        f"{file}: not a CustomResourceDefinition: {doc.get('kind')}"
+                    )
+                self._api("POST", base, doc, allow=(409,))
+                names.append(doc["metadata"]["name"])
+        apiserver = next(c for c in self._components if c.name == "kube-apiserver")
+        for name in names:
+
+            def established(name: str = name) -> None:
+                conditions = (
+                    self._api("GET", f"{base}/{name}").get("status", {}).get("conditions", [])
+                )
+                if not any(
+                    c["type"] == "Established" and c["status"] == "True" for c in conditions
+                ):
+                    raise ControlPlaneError(f"CRD {name} not Established yet")
+
+            self._wait(apiserver, established, timeout=30)
+
+    def _api(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        allow: Sequence[int] = (),
+    ) -> dict[str, Any]:
+        """One admin request; returns the JSON body (empty for non-JSON answers and for the
+        error statuses in `allow`)."""
         assert self._pki is not None
         context = ssl.create_default_context(cafile=str(self._pki.ca.cert))
         context.load_cert_chain(str(self._pki.admin.cert), str(self._pki.admin.key))
@@ -459,6 +502,8 @@ class ControlPlane:
             with local_open(request, timeout=5, context=context) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
+            if err.code in allow:
+                return {}
             raise ControlPlaneError(
                 f"{method} {path}: HTTP {err.code}: {err.read()[:300]!r}"
             ) from None
@@ -481,14 +526,18 @@ def _pid_alive(pid_file: Path) -> int | None:
     return pid
 
 
-def _serve(state: Path, node: str) -> int:
+def _yaml_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+
+
+def _serve(state: Path, node: str, crds: Sequence[Path]) -> int:
     """Foreground: run the control plane until SIGTERM/SIGINT (what `up` detaches)."""
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
     pid_file.write_text(str(os.getpid()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a handler, not a mask: children inherit masks
         signal.signal(sig, lambda *_: stop.set())
-    plane = ControlPlane(state, node_name=node)
+    plane = ControlPlane(state, node_name=node, crds=crds)
     try:
         plane.start()
         info = {"server": plane.server, "pids": plane.pids, "timings": plane.timings}
@@ -503,7 +552,7 @@ def _serve(state: Path, node: str) -> int:
     return 0
 
 
-def _up(state: Path, node: str, timeout: float) -> int:
+def _up(state: Path, node: str, crds: Sequence[Path], timeout: float) -> int:
     state.mkdir(parents=True, exist_ok=True)
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
     if _pid_alive(pid_file) is None:
@@ -513,7 +562,7 @@ def _up(state: Path, node: str, timeout: float) -> int:
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.cluster.controlplane", "serve", "--state", str(state),
-                 "--node", node],
+                 "--node", node, *(f"--crd={crd}" for crd in crds)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT, start_new_session=True,
             )  # fmt: skip
@@ -558,13 +607,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "serve"])
     parser.add_argument("--state", type=Path, required=True, help="state directory")
     parser.add_argument("--node", default=NODE_NAME, help="the process kubelet's node name")
+    parser.add_argument(
+        "--crd", type=Path, action="append", default=[],
+        help="CRD file or directory of *.yaml to install before the controllers start (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     state: Path = args.state.resolve()
+    crds = [crd.resolve() for crd in args.crd]
     if args.command == "serve":
-        return _serve(state, args.node)
+        return _serve(state, args.node, crds)
     if args.command == "up":
-        return _up(state, args.node, args.timeout)
+        return _up(state, args.node, crds, args.timeout)
     return _down(state, args.timeout)
 
 

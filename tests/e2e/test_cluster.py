@@ -199,9 +199,9 @@ def test_owner_deletion_garbage_collects_the_child(cluster: Cluster, namespace: 
     wait_for(lambda: get(cluster, "configmap", "child", "-n", namespace) is None, 60, "GC")
 
 
-def test_crd_status_subresource_can_be_patched(cluster: Cluster) -> None:
-    group = f"t{uuid.uuid4().hex[:10]}.ratline.test"
-    crd = {
+def widget_crd(group: str) -> dict[str, Any]:
+    """A namespaced CRD `widgets.<group>` with a status subresource."""
+    return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"widgets.{group}"},
@@ -234,6 +234,11 @@ def test_crd_status_subresource_can_be_patched(cluster: Cluster) -> None:
             ],
         },
     }
+
+
+def test_crd_status_subresource_can_be_patched(cluster: Cluster) -> None:
+    group = f"t{uuid.uuid4().hex[:10]}.ratline.test"
+    crd = widget_crd(group)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd))
     try:
         cluster.kubectl(
@@ -431,10 +436,12 @@ def test_node_is_ready_and_renews_its_lease(cluster: Cluster) -> None:
 
 
 def test_cli_runs_a_second_control_plane_side_by_side(cluster: Cluster, tmp_path: Path) -> None:
-    state = tmp_path / "second"
+    state, group = tmp_path / "second", f"t{uuid.uuid4().hex[:10]}.ratline.test"
+    crd_file = tmp_path / "widgets.yaml"
+    crd_file.write_text(yaml.safe_dump(widget_crd(group)))
     cli = [sys.executable, "-m", "tests.cluster.controlplane"]
     up = subprocess.run(
-        [*cli, "up", "--state", str(state)],
+        [*cli, "up", "--state", str(state), f"--crd={crd_file}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -455,6 +462,17 @@ def test_cli_runs_a_second_control_plane_side_by_side(cluster: Cluster, tmp_path
         assert len(servers) == 2
         assert second.kubectl("get", "nodes", "-o", "name").stdout.strip() == "node/ratline-node"
         assert cluster.kubectl("get", "nodes", "-o", "name").stdout.strip() == "node/ratline-node"
+        # The CRD was there before the garbage collector started: dependents go at once.
+        widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w1"}}
+        second.kubectl("apply", "-n", "default", "-f", "-", input=yaml.safe_dump(widget))
+        owner = get(second, f"widgets.{group}/w1", "-n", "default") or {}
+        reference = {"apiVersion": f"{group}/v1", "kind": "Widget", "name": "w1",
+                     "uid": owner["metadata"]["uid"]}  # fmt: skip
+        child = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "child", "ownerReferences": [reference]}}  # fmt: skip
+        second.kubectl("apply", "-n", "default", "-f", "-", input=yaml.safe_dump(child))
+        second.kubectl("delete", f"widgets.{group}/w1", "-n", "default")
+        wait_for(lambda: get(second, "configmap", "child", "-n", "default") is None, 15, "GC")
     finally:
         down = subprocess.run(
             [*cli, "down", "--state", str(state)],
