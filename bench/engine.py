@@ -93,7 +93,9 @@ async def sequential(
     store = await PostgresStore.connect(dsn, max_size=4)
     try:
         await run_sequential(store, warmup)  # connections, code paths, caches
+        cpu = time.process_time()
         seconds = [await run_sequential(store, steps) for _ in range(reps)]
+        cpu = time.process_time() - cpu
     finally:
         await store.close()
     after = await read_counters(admin_dsn, database)
@@ -103,6 +105,7 @@ async def sequential(
     return {
         "per_step_ms": per_step,
         "median_per_step_ms": statistics.median(per_step),
+        "cpu_ms_per_step": cpu * 1000 / (steps * reps),
         "commits_per_step": commits / total_steps,
         "rows_written_per_step": after.rows_since(before) / total_steps,
         "wal_bytes_per_step": wal / total_steps,
@@ -141,7 +144,9 @@ async def fanout(
     store = await PostgresStore.connect(dsn, min_size=pool, max_size=pool)
     try:
         await run_fanout(store, warmup)
+        cpu = time.process_time()
         rates = [workflows / await run_fanout(store, workflows) for _ in range(reps)]
+        cpu = time.process_time() - cpu
     finally:
         await store.close()
     after = await read_counters(admin_dsn, database)
@@ -149,6 +154,7 @@ async def fanout(
     return {
         "workflows_per_s": rates,
         "median_workflows_per_s": statistics.median(rates),
+        "cpu_ms_per_workflow": cpu * 1000 / (workflows * reps),
         "commits_per_workflow": commits / (workflows * reps + warmup),
     }
 

@@ -66,6 +66,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "packages": ", ".join(f"{k} {v}" for k, v in packages.items()),
         "git": commit or "unknown",
+        "load average at start (1/5/15 min)": " / ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
 
 
@@ -118,6 +119,10 @@ def results_table(r: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"{dseq['rows_written_per_step']:.2f} | - | - | - |",
         f"| d) WAL bytes per step (scenario a) | {seq['wal_bytes_per_step']:.0f} | "
         f"{dseq['wal_bytes_per_step']:.0f} | - | - | - |",
+        f"| d) CPU of the benchmark process per step (scenario a) | "
+        f"{_ms(seq['cpu_ms_per_step'])} | {_ms(dseq['cpu_ms_per_step'])} | - | - | - |",
+        f"| d) CPU of the benchmark process per workflow (scenario b) | "
+        f"{_ms(fan['cpu_ms_per_workflow'])} | {_ms(dfan['cpu_ms_per_workflow'])} | - | - | - |",
         f"| d) commits per workflow (scenario b) | {fan['commits_per_workflow']:.1f} | "
         f"{dfan['commits_per_workflow']:.1f} | - | - | - |",
     ]
