@@ -5,7 +5,8 @@ round trip; `append` runs the `ratline_append` SQL function (0001_init.sql) that
 fences on the lease epoch, writes the events, applies the run update, consumes
 inbox items and NOTIFYs in one commit. Connection failures (Postgres restarting,
 a dropped socket) are retried with backoff for a bounded time; `append` carries
-a token so a retry after a lost reply never writes twice.
+a token so a retry after a lost reply never writes twice. Which errors are retried, the
+connect retries and the LISTEN connection live in `pg_connection.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -38,49 +38,21 @@ from ratline.store.base import (
     RunUpdate,
     Store,
 )
+from ratline.store.pg_connection import (
+    CONNECTION_ERRORS,
+    ConnectionGone,
+    Listener,
+    PlainConn,
+    PooledConn,
+    describe_dsn,
+    usable,
+    with_connect_retry,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Conn: TypeAlias = migrations.Conn
-PooledConn: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-PlainConn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
-AnyConn: TypeAlias = "asyncpg.connection.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]"
-CHANNEL = "ratline_events"
-
-
-class _ConnectionGone(ConnectionError):
-    """A pooled connection closed while in use (asyncpg detached it from the pool)."""
-
-
-def _usable(conn: PooledConn) -> bool:
-    """Still open and still ours: a closed connection is taken back by the pool."""
-    try:
-        return not conn.is_closed()
-    except asyncpg.InterfaceError:
-        return False
-
-
-#: Errors after which the same call may succeed on a fresh connection.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # includes _ConnectionGone
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, starting up, crash
-    asyncpg.TooManyConnectionsError,
-)
-#: Connect errors that no amount of retrying fixes.
-_PERMANENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.InvalidPasswordError,
-    asyncpg.exceptions.ClientConfigurationError,
-)
-#: While connecting, any other server error (e.g. still starting up) may pass.
-_RETRY_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
-    *_CONNECTION_ERRORS,
-    asyncpg.PostgresError,
-)
 _RUN_FIELDS = tuple(RunRecord.model_fields)
 
 _INSERT_RUN = """
@@ -207,25 +179,6 @@ def _update_args(update: RunUpdate) -> tuple[Any, ...]:
 _NO_UPDATE = _update_args(RunUpdate())
 
 
-def describe_dsn(dsn: str) -> str:
-    """`host:port` (or the socket dir) of a DSN, for messages: never the password."""
-    try:
-        parts = urlsplit(dsn)
-        host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
-        port = parts.port or 5432
-    except ValueError:
-        return "<unparsable DSN>"
-    return f"{host}:{port}"
-
-
-def _redact(text: str, dsn: str) -> str:
-    try:
-        password = urlsplit(dsn).password
-    except ValueError:
-        password = None
-    return text.replace(password, "***") if password else text
-
-
 async def _init_connection(conn: Conn) -> None:
     """Pool init: json/jsonb values cross the wire as Python objects."""
     for type_name in ("jsonb", "json"):
@@ -236,31 +189,6 @@ async def _init_connection(conn: Conn) -> None:
 
 async def _no_reset(conn: Conn) -> None:
     """Pool reset: the store never leaves session state behind, so skip the round trip."""
-
-
-async def _with_connect_retry(dsn: str, retry_s: float, connect: Callable[[], Awaitable[T]]) -> T:
-    """Connect, retrying unreachable or starting servers with backoff for `retry_s`;
-    errors name host:port and never the password."""
-    where = describe_dsn(dsn)
-    deadline = time.monotonic() + retry_s
-    delay = 0.05
-    while True:
-        try:
-            return await connect()
-        except _PERMANENT_CONNECT_ERRORS as exc:
-            detail = _redact(str(exc), dsn)
-            raise StoreError(
-                f"cannot use Postgres at {where}: {type(exc).__name__}: {detail}"
-            ) from None
-        except _RETRY_CONNECT_ERRORS as exc:
-            if time.monotonic() + delay > deadline:
-                raise StoreError(
-                    f"cannot reach Postgres at {where} (gave up after {retry_s:g} s): "
-                    f"{type(exc).__name__}: {_redact(str(exc), dsn)}"
-                ) from None
-            log.warning("Postgres at %s not reachable yet (%s); retrying", where, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 class PostgresStore(Store):
@@ -281,7 +209,7 @@ class PostgresStore(Store):
         self._op_retry_s = op_retry_s
         self._connect_timeout_s = connect_timeout_s
         self._migrations_dir = migrations_dir
-        self._listener = _Listener(self._connect_listener)
+        self._listener = Listener(self._connect_listener)
         self._spare: PooledConn | None = None
         self._closed = False
         self._token_prefix = uuid.uuid4().hex[:16]
@@ -303,7 +231,7 @@ class PostgresStore(Store):
 
         `op_retry_s` bounds how long each later call retries a lost connection.
         """
-        pool = await _with_connect_retry(
+        pool = await with_connect_retry(
             dsn,
             connect_retry_s,
             lambda: asyncpg.create_pool(
@@ -332,7 +260,7 @@ class PostgresStore(Store):
                 return await self._on_connection(op)
             except StoreError:
                 raise
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 now = time.monotonic()
                 deadline = deadline or now + self._op_retry_s
                 if self._closed or now + delay > deadline:
@@ -357,7 +285,7 @@ class PostgresStore(Store):
         """
         conn = self._spare
         self._spare = None
-        if conn is None or not _usable(conn):
+        if conn is None or not usable(conn):
             conn = await self._pool.acquire()
         healthy = False
         try:
@@ -368,24 +296,24 @@ class PostgresStore(Store):
             healthy = True
             raise
         except asyncpg.PostgresError as exc:  # the server answered: the connection is fine
-            healthy = not isinstance(exc, _CONNECTION_ERRORS)
+            healthy = not isinstance(exc, CONNECTION_ERRORS)
             raise
         except asyncpg.InterfaceError as exc:
-            if not _usable(conn):  # it closed under us and the pool took it back
-                raise _ConnectionGone(str(exc)) from exc
+            if not usable(conn):  # it closed under us and the pool took it back
+                raise ConnectionGone(str(exc)) from exc
             raise
         except asyncpg.exceptions.InternalClientError as exc:
             # Out of step with the server, e.g. a FATAL (admin shutdown) arrived while
             # the connection sat idle: drop it so the pool opens a fresh one.
-            if _usable(conn):
+            if usable(conn):
                 conn.terminate()
-            raise _ConnectionGone(str(exc)) from exc
+            raise ConnectionGone(str(exc)) from exc
         finally:
             if (
                 healthy
                 and self._spare is None
                 and not self._closed
-                and _usable(conn)
+                and usable(conn)
                 and not conn.is_in_transaction()
             ):
                 self._spare = conn
@@ -460,21 +388,23 @@ class PostgresStore(Store):
 
     async def acquire_lease(self, run_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
         async def op(conn: Conn) -> Lease:
-            row = await conn.fetchrow(_ACQUIRE, run_id, owner, float(ttl_s))
-            if row is not None:
-                return Lease(
-                    run_id=run_id,
-                    owner=owner,
-                    epoch=row["lease_epoch"],
-                    expires_at=row["lease_expires_at"],
-                )
-            state = await conn.fetchrow(_LEASE_STATE, run_id)
-            if state is None:
-                raise RunNotFoundError(f"acquire_lease: no run {run_id}")
-            raise LeaseHeldError(
-                f"run {run_id} is leased by {state['lease_owner']!r} "
-                f"until {state['lease_expires_at'].isoformat()}"
-            )
+            holder, until = None, None
+            for _ in range(3):  # the holder may release between our two statements
+                row = await conn.fetchrow(_ACQUIRE, run_id, owner, float(ttl_s))
+                if row is not None:
+                    return Lease(
+                        run_id=run_id,
+                        owner=owner,
+                        epoch=row["lease_epoch"],
+                        expires_at=row["lease_expires_at"],
+                    )
+                state = await conn.fetchrow(_LEASE_STATE, run_id)
+                if state is None:
+                    raise RunNotFoundError(f"acquire_lease: no run {run_id}")
+                holder, until = state["lease_owner"], state["lease_expires_at"]
+                if holder is not None and until is not None:
+                    break
+            raise LeaseHeldError(f"run {run_id} is leased by {holder!r} until {until}")
 
         return await self._call(f"acquire_lease {run_id}", op)
 
@@ -598,71 +528,8 @@ class PostgresStore(Store):
         return await self._listener.wait(run_id, timeout_s)
 
     async def _connect_listener(self) -> PlainConn:
-        return await _with_connect_retry(
+        return await with_connect_retry(
             self._dsn,
             self._op_retry_s,
             lambda: asyncpg.connect(self._dsn, timeout=self._connect_timeout_s),
         )
-
-
-class _Listener:
-    """One lazily opened LISTEN connection shared by every `wait_for_change` caller.
-
-    If the connection drops, every waiter is woken (a notification may have been
-    lost, so callers re-read) and the next wait reconnects.
-    """
-
-    def __init__(self, connect: Callable[[], Awaitable[PlainConn]]) -> None:
-        self._connect = connect
-        self._conn: PlainConn | None = None
-        self._lock = asyncio.Lock()
-        self._waiters: dict[str | None, set[asyncio.Event]] = {}
-
-    async def _ensure(self) -> None:
-        if self._conn is not None and not self._conn.is_closed():
-            return
-        async with self._lock:
-            if self._conn is not None and not self._conn.is_closed():
-                return
-            conn = await self._connect()
-            try:
-                await conn.add_listener(CHANNEL, self._on_notify)
-            except BaseException:
-                await conn.close()
-                raise
-            conn.add_termination_listener(self._on_lost)
-            self._conn = conn
-
-    def _on_notify(self, conn: AnyConn, pid: int, channel: str, payload: object) -> None:
-        keys = (payload, None) if isinstance(payload, str) else (None,)
-        for key in keys:
-            for event in self._waiters.get(key, ()):
-                event.set()
-
-    def _on_lost(self, conn: AnyConn) -> None:
-        if self._conn is conn:
-            self._conn = None
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
-
-    async def wait(self, run_id: str | None, timeout_s: float) -> bool:
-        event = asyncio.Event()
-        self._waiters.setdefault(run_id, set()).add(event)
-        try:
-            await self._ensure()
-            await asyncio.wait_for(event.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            waiters = self._waiters.get(run_id)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[run_id]
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close(timeout=5.0)
