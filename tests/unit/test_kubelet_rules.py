@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.kubelet import (
-    ConfigError,
-    expand,
-    field_ref,
-    pod_phase,
-    resolve_argv,
-    schedulable,
-)
+from tests.cluster.kubelet import schedulable
+from tests.cluster.kubelet_pod import ConfigError, expand, field_ref, pod_phase, resolve_argv
 
 VENV_PYTHON = Path("/venv/bin/python")
 
