@@ -412,3 +412,43 @@ async def test_class_style_definition() -> None:
 
     handle = await WorkflowTestEnv().start(Double, {"x": 1, "y": 2})
     assert await handle.result() == 6
+
+
+async def test_cancel_of_a_suspended_run_replays_completed_steps_first() -> None:
+    released: list[str] = []
+
+    @workflow(name=unique("reserve-then-wait"))
+    async def reserve_then_wait(ctx: WorkflowContext, _: None) -> Any:
+        await ctx.run("reserve", lambda: "r1", compensate=released.append)
+        return await ctx.promise("go").wait()
+
+    env = WorkflowTestEnv()
+    handle = await env.start(reserve_then_wait)
+    assert handle.last.waiting_for == ["go"]
+    await handle.cancel()
+    assert handle.status is RunStatus.CANCELLED
+    assert released == ["r1"]
+    history = await handle.history()
+    assert [e.name for e in history if e.type is EventType.STEP_COMPLETED] == [
+        "reserve",
+        "compensate:reserve",
+    ]
+    # the recorded history replays to the same end
+    again = await env.store.load_history(handle.run_id)
+    assert again == history
+
+
+async def test_max_duration_after_completed_steps_times_out_cleanly() -> None:
+    released: list[str] = []
+
+    @workflow(name=unique("slow-approval"), max_duration="1d")
+    async def slow(ctx: WorkflowContext, _: None) -> Any:
+        await ctx.run("reserve", lambda: "r2", compensate=released.append)
+        return await ctx.promise("approval").wait()
+
+    env = WorkflowTestEnv()
+    handle = await env.start(slow)
+    with pytest.raises(RunFailedError) as caught:
+        await handle.result()
+    assert caught.value.status is RunStatus.TIMED_OUT
+    assert released == ["r2"]

@@ -364,12 +364,17 @@ class Execution(WorkflowContext):
         )
 
     def _cancel_point(self, resolved_seq: int | None) -> None:
-        """Raise the pending cancel here if this await resolves after it in history."""
+        """Raise the pending cancel here unless history resolved this await before it.
+
+        A cancel taken from the inbox in this activation is not in history yet: it
+        comes after everything recorded, so replayed resolutions still return.
+        """
         if self._cancel is None or self._compensating:
             return
-        cancel_seq = self.history.cancel_seq
-        if resolved_seq is not None and cancel_seq is not None and resolved_seq < cancel_seq:
-            return
+        if resolved_seq is not None:
+            cancel_seq = self.history.cancel_seq
+            if cancel_seq is None or resolved_seq < cancel_seq:
+                return
         raise WorkflowCancelled(self._cancel)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
