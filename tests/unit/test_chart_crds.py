@@ -57,3 +57,26 @@ def test_crds_keep_false_renders_them_untouched() -> None:
 
 def test_crds_can_be_left_out() -> None:
     assert rendered_crds(merged(EXTERNAL, {"crds": {"enabled": False}})) == {}
+
+
+def _field_paths(schema: dict[str, Any], prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for name, sub in (schema.get("properties") or {}).items():
+        path = f"{prefix}{name}"
+        if path in ("apiVersion", "kind", "metadata"):
+            continue
+        paths.append(path)
+        paths += _field_paths(sub, path + ".")
+        if sub.get("type") == "array":
+            paths += _field_paths(sub.get("items") or {}, path + "[].")
+    return paths
+
+
+def test_docs_reference_every_crd_field() -> None:
+    doc = (REPO / "docs" / "crds.md").read_text()
+    for name, crd in source_crds().items():
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        paths = _field_paths(schema)
+        assert len(paths) > 10, name
+        missing = [p for p in paths if f"| `{p}` |" not in doc]
+        assert not missing, f"docs/crds.md lacks {name} fields: {missing}"

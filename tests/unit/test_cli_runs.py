@@ -162,7 +162,12 @@ def test_retry_manifest_copies_what_defines_the_run_and_records_lineage() -> Non
             "name": "order-42",
             "namespace": "shop",
             "uid": "u-1",
-            "labels": {"team": "pay", "ratline.dev/parent-uid": "p-1"},
+            "labels": {
+                "team": "pay",
+                "ratline.dev/parent-uid": "p-1",
+                "app.kubernetes.io/instance": "shop-app",
+                "kustomize.toolkit.fluxcd.io/name": "shop",
+            },
             "resourceVersion": "7",
         },
         "spec": {

@@ -46,6 +46,15 @@ _RUN_LEVEL = {
     EventType.RUN_TIMED_OUT,
     EventType.RUN_BLOCKED,
 }
+# Labels a retried run must not inherit: the operator's (a parent-uid label would make it a
+# child run) and GitOps tools' ownership (Argo CD would prune a run that is not in Git).
+_NOT_INHERITED = (
+    "ratline.dev/",
+    "app.kubernetes.io/instance",
+    "argocd.argoproj.io/",
+    "kustomize.toolkit.fluxcd.io/",
+    "helm.toolkit.fluxcd.io/",
+)
 _STEP_EVENTS = {EventType.STEP_STARTED, EventType.STEP_COMPLETED, EventType.STEP_FAILED}
 
 
@@ -412,9 +421,10 @@ def retry_manifest(old: dict[str, Any], new_name: str, from_step: str) -> dict[s
     """The new WorkflowRun: same workflow, input, priority and budget; lineage in metadata."""
     spec = old.get("spec") or {}
     keep = ("workflowRef", "input", "priority", "maxDuration")
-    # the user's labels, not the operator's (a parent-uid label would make it a child run)
     labels = {
-        k: v for k, v in (old["metadata"].get("labels") or {}).items() if "ratline.dev/" not in k
+        k: v
+        for k, v in (old["metadata"].get("labels") or {}).items()
+        if not k.startswith(_NOT_INHERITED)
     }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
