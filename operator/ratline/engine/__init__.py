@@ -4,8 +4,9 @@
 """
 
 from ratline.engine.activate import activate, resolve_entrypoint
-from ratline.engine.execution import Execution, ExecutionOptions
+from ratline.engine.execution import Execution
 from ratline.engine.outcome import Activation, SimulatedCrash
+from ratline.engine.parts import ExecutionOptions
 
 __all__ = [
     "Activation",

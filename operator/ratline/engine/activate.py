@@ -11,8 +11,9 @@ import contextlib
 import importlib
 import logging
 
-from ratline.engine.execution import Execution, ExecutionOptions
+from ratline.engine.execution import Execution
 from ratline.engine.outcome import Activation
+from ratline.engine.parts import ExecutionOptions
 from ratline.errors import FencedError, PermanentError, RunNotFoundError
 from ratline.sdk.definition import WorkflowSpec, registered_workflow, spec_of
 from ratline.store.base import Lease, RunStatus, Store

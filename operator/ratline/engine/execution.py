@@ -12,21 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import inspect
 import logging
 import random as _random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from ratline.engine.codec import error_info, from_json, to_json, validate_input
 from ratline.engine.flush import Flusher
 from ratline.engine.history import HistoryIndex
 from ratline.engine.outcome import Activation, SimulatedCrash
+from ratline.engine.parts import (
+    Abort,
+    Compensation,
+    ExecutionOptions,
+    Handle,
+    PromiseHandle,
+    PromiseState,
+    ReplayQuietLogger,
+    Waiter,
+    child_name,
+    current_step,
+    is_async,
+    iso,
+    parse_time,
+    retrieve,
+    return_type,
+)
 from ratline.sdk.context import Promise, StepInfo, TaskHandle, WorkflowContext, WorkflowInfo
 from ratline.sdk.definition import WorkflowSpec, spec_of, task_of
 from ratline.sdk.durations import parse_duration
@@ -51,99 +66,9 @@ from ratline.store.base import (
     Store,
 )
 
-log = logging.getLogger(__name__)
-_current_step: contextvars.ContextVar[str] = contextvars.ContextVar("ratline_step", default="")
+__all__ = ["COMPENSATION_RETRY", "Execution", "ExecutionOptions"]
+
 COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_interval=1.0, max_interval=60.0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class _Abort(BaseException):
-    """Stops the workflow body when the store fenced us off or went away."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(cause)
-        self.cause = cause
-
-
-@dataclass
-class _Waiter:
-    """A branch of the workflow blocked until a deadline or a signal."""
-
-    command_id: int
-    kind: str  # timer | retry | promise
-    name: str
-    deadline: datetime | None
-    future: asyncio.Future[Any]
-
-
-@dataclass
-class _PromiseState:
-    command_id: int
-    name: str
-    deadline: datetime | None
-    future: asyncio.Future[Any]
-    resolved_seq: int | None = None  # seq of the recorded resolution, when replayed
-    awaited: int = 0
-
-
-@dataclass
-class _Compensation:
-    name: str
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-
-
-@dataclass
-class ExecutionOptions:
-    """Knobs of one activation; the testing runner sets a fake clock and threshold 0."""
-
-    clock: Callable[[], datetime] = utcnow
-    idle_threshold_s: float = 2.0
-    attempt: int = 1
-    crash_after_step: str | None = None
-    busy_inbox_poll_s: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
-    """Adds run and step; drops records while the code is only replaying."""
-
-    def __init__(self, execution: Execution) -> None:
-        super().__init__(logging.getLogger("ratline.workflow"), {})
-        self._execution = execution
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("run_id", self._execution.record.id)
-        extra.setdefault("step", _current_step.get())
-        kwargs["extra"] = extra
-        return f"[{self._execution.record.name}] {msg}", kwargs
-
-    def isEnabledFor(self, level: int) -> bool:
-        return not self._execution.replaying and super().isEnabledFor(level)
-
-
-class _Handle(TaskHandle[Any]):
-    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any]) -> None:
-        self.name = name
-        self.command_id = command_id
-        self._task = task
-
-    async def result(self) -> Any:
-        return await asyncio.shield(self._task)
-
-
-class _PromiseHandle(Promise[Any]):
-    def __init__(self, execution: Execution, state: _PromiseState) -> None:
-        self.name = state.name
-        self._execution = execution
-        self._state = state
-
-    async def wait(self) -> Any:
-        return await self._execution._await_promise(self._state)
 
 
 class Execution(WorkflowContext):
@@ -170,11 +95,11 @@ class Execution(WorkflowContext):
             if event.type is EventType.STATE_SET and event.name is not None:
                 self._state[event.name] = event.payload.get("value")
         self._rng = _random.Random(run.id)
-        self._waiters: list[_Waiter] = []
-        self._promises: dict[str, _PromiseState] = {}
+        self._waiters: list[Waiter] = []
+        self._promises: dict[str, PromiseState] = {}
         self._inbox_waiting: dict[str, InboxItem] = {}
         self._inbox_seen: set[str] = set()
-        self._compensations: list[_Compensation] = []
+        self._compensations: list[Compensation] = []
         self._compensating = False
         self._cancel: str | None = self.history.cancel_reason
         self._blocked: NonDeterminismError | None = None
@@ -184,7 +109,7 @@ class Execution(WorkflowContext):
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_inbox_poll = 0.0
         self.steps: list[StepInfo] = []
-        self._logger = _ReplayQuietLogger(self)
+        self._logger = ReplayQuietLogger(self)
 
     # ---------------------------------------------------------------- SDK surface
     @property
@@ -200,7 +125,7 @@ class Execution(WorkflowContext):
             workflow=self.spec.name,
             attempt=self.options.attempt,
             replaying=self.replaying,
-            step_key=_current_step.get(),
+            step_key=current_step.get(),
         )
 
     @property
@@ -216,7 +141,7 @@ class Execution(WorkflowContext):
         compensate: Callable[[Any], Any] | None = None,
     ) -> Any:
         command_id = self._issue("step", name)
-        return await self._step(command_id, name, fn, args, retry, _return_type(fn), compensate)
+        return await self._step(command_id, name, fn, args, retry, return_type(fn), compensate)
 
     async def schedule(self, task: str | Callable[..., Any], *args: Any) -> Any:
         spec = task_of(task)
@@ -229,7 +154,7 @@ class Execution(WorkflowContext):
         coro = self._step(
             command_id, spec.name, spec.fn, args, spec.retry, spec.output_type, offload=True
         )
-        return _Handle(spec.name, command_id, self._spawn(coro))
+        return Handle(spec.name, command_id, self._spawn(coro))
 
     def run_async(
         self,
@@ -239,13 +164,13 @@ class Execution(WorkflowContext):
         retry: RetryPolicy | None = None,
     ) -> TaskHandle[Any]:
         command_id = self._issue("step", name)
-        coro = self._step(command_id, name, fn, args, retry, _return_type(fn), offload=True)
-        return _Handle(name, command_id, self._spawn(coro))
+        coro = self._step(command_id, name, fn, args, retry, return_type(fn), offload=True)
+        return Handle(name, command_id, self._spawn(coro))
 
     async def gather(self, *handles: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         results = await asyncio.gather(*handles, return_exceptions=return_exceptions)
         for item in results:
-            if isinstance(item, WorkflowCancelled | _Abort | SimulatedCrash):
+            if isinstance(item, WorkflowCancelled | Abort | SimulatedCrash):
                 raise item
         return list(results)
 
@@ -260,10 +185,10 @@ class Execution(WorkflowContext):
         if started is None:
             self._cancel_point(None)
             fire_at = self.options.clock() + delta
-            self._record(EventType.TIMER_STARTED, command_id, "sleep", {"fire_at": _iso(fire_at)})
+            self._record(EventType.TIMER_STARTED, command_id, "sleep", {"fire_at": iso(fire_at)})
         else:
             self._cancel_point(None)
-            fire_at = _parse_time(started["fire_at"])
+            fire_at = parse_time(started["fire_at"])
         await self._wait(command_id, "timer", "sleep", fire_at)
 
     def promise(self, name: str, timeout: timedelta | str | float | None = None) -> Promise[Any]:
@@ -273,12 +198,12 @@ class Execution(WorkflowContext):
         created = self.history.payload(command_id, EventType.PROMISE_CREATED)
         if created is None:
             deadline = self.options.clock() + parse_duration(timeout) if timeout else None
-            payload = {"deadline": _iso(deadline) if deadline else None}
+            payload = {"deadline": iso(deadline) if deadline else None}
             self._record(EventType.PROMISE_CREATED, command_id, name, payload)
         else:
-            deadline = _parse_time(created["deadline"]) if created.get("deadline") else None
+            deadline = parse_time(created["deadline"]) if created.get("deadline") else None
         state = self._new_promise(command_id, name, deadline)
-        return _PromiseHandle(self, state)
+        return PromiseHandle(self, state)
 
     async def set(self, key: str, value: Any) -> None:
         command_id = self._issue("state", key)
@@ -297,9 +222,9 @@ class Execution(WorkflowContext):
         command_id = self._issue("marker", "now")
         recorded = self.history.payload(command_id, EventType.MARKER)
         if recorded is not None:
-            return _parse_time(recorded["value"])
+            return parse_time(recorded["value"])
         value = self.options.clock()
-        self._record(EventType.MARKER, command_id, "now", {"value": _iso(value)})
+        self._record(EventType.MARKER, command_id, "now", {"value": iso(value)})
         return value
 
     def random(self) -> _random.Random:
@@ -325,27 +250,27 @@ class Execution(WorkflowContext):
     ) -> Any:
         wf_name = workflow if isinstance(workflow, str) else spec_of(workflow).name
         command_id = self._issue("child", name or wf_name)
-        child_name = _child_name(self.record.name, name or wf_name, command_id)
+        run_name = child_name(self.record.name, name or wf_name, command_id)
         if self.history.first(command_id, EventType.CHILD_STARTED) is None:
             self._cancel_point(None)
             payload = {
                 "workflow": wf_name,
                 "input": to_json(inp),
                 "promise": f"child:{command_id}",
-                "run_name": child_name,
+                "run_name": run_name,
             }
             self._record(EventType.CHILD_STARTED, command_id, name or wf_name, payload)
         state = self._new_promise(command_id, f"child:{command_id}", None)
-        return await self._await_promise(state)
+        return await self.await_promise(state)
 
     def add_compensation(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
-        self._compensations.append(_Compensation(name, fn, args))
+        self._compensations.append(Compensation(name, fn, args))
 
     # ---------------------------------------------------------------- commands
     def _issue(self, kind: str, name: str) -> int:
         """Number the next command and check it against what history recorded."""
         if self._abort is not None:
-            raise _Abort(self._abort)
+            raise Abort(self._abort)
         self._next_command += 1
         command_id = self._next_command
         if not self.history.matches(command_id, kind, name):
@@ -379,7 +304,7 @@ class Execution(WorkflowContext):
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve)
         self._tasks.append(task)
         return task
 
@@ -419,15 +344,15 @@ class Execution(WorkflowContext):
         attempt = len(failures) + 1
         if failures:
             await self._wait(
-                command_id, "retry", name, _parse_time(failures[-1].payload["retry_at"])
+                command_id, "retry", name, parse_time(failures[-1].payload["retry_at"])
             )
         while True:
             await self._flush()  # write-behind: all earlier decisions are durable first
             started = time.perf_counter()
-            token = _current_step.set(f"{self.record.id}:{command_id}")
+            token = current_step.set(f"{self.record.id}:{command_id}")
             self._in_flight += 1
             try:
-                if _is_async(fn):
+                if is_async(fn):
                     value = await fn(*args)
                 elif offload:  # fan-out: blocking items must run side by side
                     value = await asyncio.to_thread(fn, *args)
@@ -441,7 +366,7 @@ class Execution(WorkflowContext):
                 error = None
             finally:
                 self._in_flight -= 1
-                _current_step.reset(token)
+                current_step.reset(token)
                 if self._waiters:  # only a waiting sibling makes idleness possible
                     self._changed.set()
             elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -463,7 +388,7 @@ class Execution(WorkflowContext):
                 payload = {
                     "error": error_info(error),
                     "attempt": attempt,
-                    "retry_at": _iso(retry_at),
+                    "retry_at": iso(retry_at),
                 }
                 self._record(EventType.STEP_FAILED, command_id, name, payload)
                 self._logger.warning("step %s attempt %d failed: %s", name, attempt, error)
@@ -478,7 +403,7 @@ class Execution(WorkflowContext):
 
     def _register_undo(self, name: str, fn: Callable[[Any], Any] | None, result: Any) -> None:
         if fn is not None:
-            self._compensations.append(_Compensation(name, fn, (result,)))
+            self._compensations.append(Compensation(name, fn, (result,)))
 
     def _note(self, command_id: int, name: str, attempts: int, *, replayed: bool, ok: bool) -> None:
         self.steps.append(
@@ -497,7 +422,7 @@ class Execution(WorkflowContext):
     async def _wait(self, command_id: int, kind: str, name: str, deadline: datetime) -> None:
         self._cancel_point(None)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(command_id, kind, name, deadline, future)
+        waiter = Waiter(command_id, kind, name, deadline, future)
         self._waiters.append(waiter)
         self._changed.set()
         try:
@@ -505,10 +430,10 @@ class Execution(WorkflowContext):
         finally:
             self._waiters.remove(waiter)
 
-    def _new_promise(self, command_id: int, name: str, deadline: datetime | None) -> _PromiseState:
+    def _new_promise(self, command_id: int, name: str, deadline: datetime | None) -> PromiseState:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
-        state = _PromiseState(command_id, name, deadline, future)
+        future.add_done_callback(retrieve)
+        state = PromiseState(command_id, name, deadline, future)
         self._promises[name] = state
         for event in self.history.records(command_id):
             if event.type is EventType.PROMISE_RESOLVED:
@@ -525,12 +450,12 @@ class Execution(WorkflowContext):
             self._resolve_from_inbox(state, self._inbox_waiting.pop(name))
         return state
 
-    async def _await_promise(self, state: _PromiseState) -> Any:
+    async def await_promise(self, state: PromiseState) -> Any:
         if state.future.done():
             self._cancel_point(state.resolved_seq)
             return state.future.result()
         self._cancel_point(None)
-        waiter = _Waiter(state.command_id, "promise", state.name, state.deadline, state.future)
+        waiter = Waiter(state.command_id, "promise", state.name, state.deadline, state.future)
         self._waiters.append(waiter)
         self._changed.set()
         try:
@@ -538,7 +463,7 @@ class Execution(WorkflowContext):
         finally:
             self._waiters.remove(waiter)
 
-    def _resolve_from_inbox(self, state: _PromiseState, item: InboxItem) -> None:
+    def _resolve_from_inbox(self, state: PromiseState, item: InboxItem) -> None:
         if item.kind is InboxKind.REJECT:
             self._record(
                 EventType.PROMISE_REJECTED, state.command_id, state.name, {"error": item.payload}
@@ -650,7 +575,7 @@ class Execution(WorkflowContext):
             await self._flusher.flush(update)
         except Exception as exc:  # fenced, or the store is gone: nothing more may be written
             self._abort = exc
-            raise _Abort(exc) from exc
+            raise Abort(exc) from exc
 
     # ---------------------------------------------------------------- the activation
     async def activate(self) -> Activation:
@@ -737,7 +662,7 @@ class Execution(WorkflowContext):
         """The workflow to its end; a crash or a lost lease may also hit compensation."""
         try:
             return await self._run_to_end(inp)
-        except _Abort as exc:
+        except Abort as exc:
             raise exc.cause from None
         except SimulatedCrash:
             return Activation(RunStatus.RUNNING, crashed=True, steps=self.steps)
@@ -809,38 +734,3 @@ class Execution(WorkflowContext):
             except StepFailedError as exc:
                 errors.append(str(exc))
         return errors
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a branch's exception as seen: unawaited handles must not warn."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    target = getattr(fn, "func", fn)  # functools.partial
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)  # noqa: B004 - async callable objects
-    )
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    try:
-        hints = inspect.get_annotations(fn, eval_str=True)
-    except Exception:  # lambdas, builtins, unresolvable names: untyped
-        return Any
-    return hints.get("return", Any)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-def _child_name(parent: str, name: str, command_id: int) -> str:
-    safe = "".join(c if c.isalnum() or c == "-" else "-" for c in name.lower()).strip("-")
-    suffix = f"-{safe}-{command_id}"
-    return (parent[: 63 - len(suffix)] + suffix).strip("-")

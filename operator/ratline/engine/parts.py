@@ -1,0 +1,157 @@
+"""The small pieces an `Execution` is made of: options, waiters, handles, helpers.
+
+Kept apart from execution.py so that file holds only the replay state machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ratline.sdk.context import Promise, TaskHandle
+
+if TYPE_CHECKING:
+    from ratline.engine.execution import Execution
+
+current_step: contextvars.ContextVar[str] = contextvars.ContextVar("ratline_step", default="")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Abort(BaseException):
+    """Stops the workflow body when the store fenced us off or went away."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass
+class Waiter:
+    """A branch of the workflow blocked until a deadline or a signal."""
+
+    command_id: int
+    kind: str  # timer | retry | promise
+    name: str
+    deadline: datetime | None
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class PromiseState:
+    command_id: int
+    name: str
+    deadline: datetime | None
+    future: asyncio.Future[Any]
+    resolved_seq: int | None = None  # seq of the recorded resolution, when replayed
+    awaited: int = 0
+
+
+@dataclass
+class Compensation:
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+@dataclass
+class ExecutionOptions:
+    """Knobs of one activation; the testing runner sets a fake clock and threshold 0."""
+
+    clock: Callable[[], datetime] = utcnow
+    idle_threshold_s: float = 2.0
+    attempt: int = 1
+    crash_after_step: str | None = None
+    busy_inbox_poll_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
+    """Adds run and step; drops records while the code is only replaying."""
+
+    def __init__(self, execution: Execution) -> None:
+        super().__init__(logging.getLogger("ratline.workflow"), {})
+        self._execution = execution
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("run_id", self._execution.record.id)
+        extra.setdefault("step", current_step.get())
+        kwargs["extra"] = extra
+        return f"[{self._execution.record.name}] {msg}", kwargs
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._execution.replaying and super().isEnabledFor(level)
+
+
+class Handle(TaskHandle[Any]):
+    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any]) -> None:
+        self.name = name
+        self.command_id = command_id
+        self._task = task
+
+    async def result(self) -> Any:
+        return await asyncio.shield(self._task)
+
+
+class PromiseHandle(Promise[Any]):
+    def __init__(self, execution: Execution, state: PromiseState) -> None:
+        self.name = state.name
+        self._execution = execution
+        self._state = state
+
+    async def wait(self) -> Any:
+        return await self._execution.await_promise(self._state)
+
+
+def retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a branch's exception as seen: unawaited handles must not warn."""
+    if not task.cancelled():
+        task.exception()
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    target = getattr(fn, "func", fn)  # functools.partial
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+_RETURN_TYPES: dict[object, Any] = {}
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The declared return type, cached per code object: replaying 10,000 steps must
+    not evaluate 10,000 string annotations."""
+    key = getattr(fn, "__code__", None)
+    if key is not None and key in _RETURN_TYPES:
+        return _RETURN_TYPES[key]
+    try:
+        found = inspect.get_annotations(fn, eval_str=True).get("return", Any)
+    except Exception:  # lambdas, builtins, unresolvable names: untyped
+        found = Any
+    if key is not None:
+        _RETURN_TYPES[key] = found
+    return found
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def child_name(parent: str, name: str, command_id: int) -> str:
+    safe = "".join(c if c.isalnum() or c == "-" else "-" for c in name.lower()).strip("-")
+    suffix = f"-{safe}-{command_id}"
+    return (parent[: 63 - len(suffix)] + suffix).strip("-")
