@@ -10,21 +10,18 @@ Every port is picked free on 127.0.0.1 and re-picked when another process
 takes it before the component binds, so several control planes can run side
 by side. Each component runs in its own process group; `stop()` sends
 SIGTERM to the group, waits, then SIGKILLs it, and (by default) the
-components also die with the process that started them.
+components also die with the process that started them (`cp_processes.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import ctypes
 import functools
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,7 +31,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,6 +39,20 @@ import yaml
 
 from tests.cluster.binaries import require
 from tests.cluster.certs import CertPair, Pki, generate_pki
+from tests.cluster.cp_processes import (
+    Component,
+    local_open,
+    pid_alive,
+    spawn,
+    stop_process,
+    tail,
+    wait_ready,
+)
+
+# Re-exported: callers catch `controlplane.ControlPlaneError`, and the e2e tests patch
+# `controlplane.free_port`, which `_with_free_ports` looks up here.
+from tests.cluster.cp_processes import ControlPlaneError as ControlPlaneError
+from tests.cluster.cp_processes import free_port as free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_NAME = "ratline-node"
@@ -52,41 +62,10 @@ _PORT_ATTEMPTS = 5
 _PORT_TAKEN = ("address already in use", "bind: address")
 
 
-class ControlPlaneError(RuntimeError):
-    """A component failed to start; the message has the last error and its log's tail."""
-
-
 def default_python() -> Path:
     """The project virtualenv's interpreter (not resolved: the symlink is what selects the venv)."""
     venv = REPO_ROOT / ".venv" / "bin" / "python"
     return venv if venv.exists() else Path(sys.executable)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now; callers retry if it is taken before they bind."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def local_open(
-    url: str | urllib.request.Request, timeout: float, context: ssl.SSLContext | None = None
-) -> Any:
-    """urlopen for loopback URLs that never goes through an HTTP(S)_PROXY from the environment."""
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=context))
-    return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    """The end of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, user: CertPair, name: str) -> Path:
@@ -121,39 +100,6 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: CertPair, name: st
     return path
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(sig: signal.Signals) -> Callable[[], None]:
-    """preexec hook: the kernel sends `sig` to the child when its parent dies."""
-
-    def hook() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-    return hook
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it; never raises."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # also stragglers left in the group
-    proc.wait()
-
-
-@dataclass
-class _Component:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    grace: float
-
-
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager (+ the process kubelet) in `state_dir`."""
 
@@ -183,7 +129,7 @@ class ControlPlane:
         self.server = ""
         self.start_seconds = 0.0
         self.timings: dict[str, float] = {}  # phase -> seconds since start() began, when ready
-        self._components: list[_Component] = []
+        self._components: list[Component] = []
         self._pki: Pki | None = None
         self._bins = require("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 
@@ -254,25 +200,12 @@ class ControlPlane:
 
     def _spawn(
         self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
-    ) -> _Component:
-        log = self.log_dir / f"{name}.log"
-        hook = None
+    ) -> Component:
+        death = None
         if self.die_with_parent:  # the kubelet gets SIGTERM so it can still stop its pods
-            hook = _die_with_parent(signal.SIGTERM if name == "kubelet" else signal.SIGKILL)
-        with log.open("ab") as out:
-            out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=hook,
-            )
-        component = _Component(name, proc, log, grace=5.0)
+            death = signal.SIGTERM if name == "kubelet" else signal.SIGKILL
+        log = self.log_dir / f"{name}.log"
+        component = spawn(name, argv, log, cwd=self.state_dir, env=env, death_signal=death)
         self._components.append(component)
         return component
 
@@ -289,7 +222,7 @@ class ControlPlane:
             ports = [free_port() for _ in range(count)]
             component = self._spawn(name, launch(ports))
             try:
-                self._wait(component, functools.partial(ready, ports), timeout)
+                wait_ready(component, functools.partial(ready, ports), timeout)
                 return ports
             except ControlPlaneError:
                 log_tail = tail(component.log, 40).lower()
@@ -298,29 +231,6 @@ class ControlPlane:
                 self._components.remove(component)
                 stop_process(component.proc, 1.0)
         raise ControlPlaneError(f"{name}: no free port after {_PORT_ATTEMPTS} attempts")
-
-    def _wait(self, component: _Component, check: Callable[[], None], timeout: float) -> None:
-        """Poll `check` (raises while not ready) until it passes, the process dies or time is up."""
-        deadline = time.monotonic() + timeout
-        last_error = "not checked yet"
-        while True:
-            code = component.proc.poll()
-            if code is not None:
-                raise ControlPlaneError(
-                    f"{component.name} exited with code {code} before it was ready "
-                    f"(last check: {last_error}); tail of {component.log}:\n{tail(component.log)}"
-                )
-            try:
-                check()
-                return
-            except Exception as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"{component.name} not ready after {timeout:.0f}s (last error: {last_error}); "
-                    f"tail of {component.log}:\n{tail(component.log)}"
-                )
-            time.sleep(0.1)
 
     def _start_etcd(self) -> str:
         data = self.state_dir / "etcd"
@@ -407,7 +317,7 @@ class ControlPlane:
 
         self._with_free_ports("kube-controller-manager", 1, argv, ready, timeout=60)
 
-    def _spawn_kubelet(self, pki: Pki) -> _Component:
+    def _spawn_kubelet(self, pki: Pki) -> Component:
         kubeconfigs = {
             name: write_kubeconfig(self.state_dir / f"{name}.kubeconfig", self.server,
                                    pki.ca.cert, pair, user)
@@ -435,14 +345,14 @@ class ControlPlane:
         component.grace = 20.0  # it stops its pods first (at most 5 s each, in parallel)
         return component
 
-    def _wait_node_ready(self, kubelet: _Component) -> None:
+    def _wait_node_ready(self, kubelet: Component) -> None:
         def node_ready() -> None:
             node = self._api("GET", f"/api/v1/nodes/{self.node_name}")
             conditions = node.get("status", {}).get("conditions", [])
             if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
                 raise ControlPlaneError(f"node {self.node_name} not Ready yet")
 
-        self._wait(kubelet, node_ready, timeout=60)
+        wait_ready(kubelet, node_ready, timeout=60)
 
     def _link_tools(self) -> None:
         for name in ("kubectl", "helm"):
@@ -478,7 +388,7 @@ class ControlPlane:
                 ):
                     raise ControlPlaneError(f"CRD {name} not Established yet")
 
-            self._wait(apiserver, established, timeout=30)
+            wait_ready(apiserver, established, timeout=30)
 
     def _api(
         self,
@@ -517,15 +427,6 @@ class ControlPlane:
 # -- the detached CLI ---------------------------------------------------------------------------
 
 
-def _pid_alive(pid_file: Path) -> int | None:
-    try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
 def _yaml_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.yaml")) if path.is_dir() else [path]
 
@@ -555,7 +456,7 @@ def _serve(state: Path, node: str, crds: Sequence[Path]) -> int:
 def _up(state: Path, node: str, crds: Sequence[Path], timeout: float) -> int:
     state.mkdir(parents=True, exist_ok=True)
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
-    if _pid_alive(pid_file) is None:
+    if pid_alive(pid_file) is None:
         ready_file.unlink(missing_ok=True)
         (state / "logs").mkdir(exist_ok=True)
         log = state / "logs" / "controlplane.log"
@@ -582,7 +483,7 @@ def _up(state: Path, node: str, crds: Sequence[Path], timeout: float) -> int:
 
 def _down(state: Path, timeout: float) -> int:
     pid_file = state / "controlplane.pid"
-    pid = _pid_alive(pid_file)
+    pid = pid_alive(pid_file)
     if pid is None:
         print(f"no control plane running in {state}")
         return 0
