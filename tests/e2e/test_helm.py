@@ -98,6 +98,18 @@ def test_install_run_upgrade_uninstall(
     done = kubectl.wait_phase("hello-world", "Succeeded", timeout=90)
     assert json.loads(done["result"])["greeting"] == "Hello, WORLD! Hello, WORLD!"
     assert done["progress"] == "3/3"
+    # least privilege, yet nothing the operator needs was denied (kopf's optional cluster-wide
+    # CRD/namespace scanning is the only thing a namespaced install may not do)
+    log = cluster.pod_log(namespace, pod["metadata"]["name"], "operator")
+    assert "ratline.controller" in log or "kopf" in log, log[-2000:]
+    denied = [
+        line
+        for line in log.splitlines()
+        if ("403" in line or "forbidden" in line.lower())
+        and "customresourcedefinitions" not in line
+        and "namespaces" not in line
+    ]
+    assert not denied, "\n".join(denied[:10])
 
     # upgrade: a changed flag, a new migration hook run, a new operator pod that works
     helm(cluster, "upgrade", release, str(CHART), "-n", namespace, "-f", values,
