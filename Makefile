@@ -60,7 +60,7 @@ demo: setup
 down: deps
 	$(PY) -m tests.cluster.demo down --state $(STATE)
 
-bench: setup
+bench: deps sysdeps
 	$(PY) -m bench
 
 clean: down
