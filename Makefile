@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STATE := .ratline/demo
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help setup deps sysdeps binaries lint typecheck test test-unit test-integration test-e2e demo down bench clean
+.PHONY: help setup deps sysdeps binaries lint typecheck chart-lint test test-unit test-integration test-e2e demo down bench clean
 
 help:
 	@echo "make demo   - local control plane + Postgres + operator, runs an example to completion"
@@ -42,7 +42,10 @@ lint: deps
 typecheck: deps
 	$(VENV)/bin/mypy
 
-test: setup lint typecheck
+chart-lint: binaries
+	"$$(bash tests/cluster/build.sh paths | sed -n 's/^HELM_BIN=//p')/helm" lint charts/ratline --strict -f charts/ratline/ci/external-db-values.yaml
+
+test: setup lint typecheck chart-lint
 	$(PY) -m pytest -p no:cacheprovider tests
 
 test-unit: deps
