@@ -43,7 +43,12 @@ class Operator:
         metrics = Metrics()
         writer = StatusWriter(kube, settings.status_interval, metrics.phase_changed)
         projector = Projector(store, writer, self._on_history, settings.status_interval)
-        scheduler = Scheduler(store, self._wake, settings.wake_poll, settings.namespaces)
+        # With peering, a replica acts on due runs only once its kopf handlers (paused
+        # on a standby) have seen them; standalone, it acts on every due run it watches.
+        accept = writer.known if settings.peering else (lambda uid: True)
+        scheduler = Scheduler(
+            store, self._wake, settings.wake_poll, settings.namespaces, accept=accept
+        )
         self.ctx = Context(
             settings=settings,
             store=store,
@@ -81,8 +86,9 @@ class Operator:
         if children:
             await self.children.ensure(key, children)
         if record.status.finished and record.parent_id:
-            async with ctx.lock(key.uid):
-                await self.children.notify_parent(key, record)
+            # No run lock here: the sink may run under it (a pod exit projects the run);
+            # notify_parent is idempotent (inbox key, parentNotified) on its own.
+            await self.children.notify_parent(key, record)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         ctx = self.ctx

@@ -16,8 +16,10 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from ratline.controller.children import LABEL_PARENT_UID
 from ratline.controller.kube import GROUP, RUNS, VERSION, WORKFLOWS
 from ratline.controller.pods import MANAGED_BY
+from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
 from ratline.controller.status import RunKey
 from ratline.controller.units import utcnow
@@ -68,6 +70,11 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
 
     @kopf.on.resume(GROUP, VERSION, RUNS, registry=registry)
     async def run_resumed(**kwargs: Any) -> None:
+        status = kwargs.get("status") or {}
+        labels = kwargs.get("labels") or {}
+        child = LABEL_PARENT_UID in labels and not status.get("parentNotified")
+        if status.get("phase") in FINAL_PHASES and not child:
+            return  # nothing left to do: keeps restarts cheap with many finished runs
         await reconcile(kwargs["namespace"], kwargs["name"], "resume")
 
     @kopf.on.create(GROUP, VERSION, RUNS, registry=registry)

@@ -24,7 +24,8 @@ from ratline.store.base import RunRecord, RunStatus, Store
 log = logging.getLogger(__name__)
 
 # Called with the run, its record, the notices not reported before and the
-# children its history requested that have not completed.
+# children its history requested that have not completed. It may be called
+# while the caller holds the run's lock, so it must never take that lock.
 NoticeSink = Callable[[RunKey, RunRecord, list[Notice], dict[str, dict[str, Any]]], Awaitable[None]]
 
 

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from ratline.controller.children import Children
+from ratline.controller.children import LABEL_PARENT_UID, Children
 from ratline.controller.context import Context
 from ratline.controller.pods import PodExit, pod_exit
 from ratline.controller.projection import FINAL_PHASES, HistoryFold, project
@@ -26,8 +26,6 @@ from ratline.errors import PermanentError, StoreError
 from ratline.store.base import InboxKind, NewRun, RunRecord, RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
-
-LABEL_PARENT_UID = "ratline.dev/parent-uid"
 
 
 class InvalidSpec(PermanentError):
@@ -46,6 +44,8 @@ class Reconciler:
         """Reconcile the run named `name`; returns its key (None if it is gone)."""
         started = time.monotonic()
         obj = await self.ctx.kube.get_run(namespace, name)
+        if obj is None and why == "due":
+            await self._forget_orphan(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         key = RunKey(namespace, name, str(obj["metadata"]["uid"]))
@@ -273,6 +273,18 @@ class Reconciler:
             ended = PodExit(pod=str(name), code=None, reason="PodDeleted")
         await self.workers.handle_exit(key, ended, pod)
         return True
+
+    async def _forget_orphan(self, namespace: str, name: str) -> None:
+        """A due run whose WorkflowRun vanished without its finalizer (force-deleted):
+        close it in the store so it stops coming back as due."""
+        for record in await self.ctx.store.due_runs(utcnow(), limit=200):
+            if record.namespace == namespace and record.name == name:
+                error = {"type": "RunDeleted", "message": "the WorkflowRun no longer exists"}
+                await self.ctx.store.set_status(
+                    record.id,
+                    RunUpdate(status=RunStatus.CANCELLED, error=error, clear_wake_at=True),
+                )
+                log.info("closed orphaned run %s/%s in the store", namespace, name)
 
     async def workflow_appeared(self, namespace: str, workflow: str) -> list[str]:
         """Runs that waited for this Workflow: reconcile them now."""

@@ -37,11 +37,13 @@ class Scheduler:
         poll_interval: float,
         namespaces: tuple[str, ...] = (),
         concurrency: int = 16,
+        accept: Callable[[str], bool] = lambda uid: True,
     ) -> None:
         self._store = store
         self._callback = callback
         self._poll = poll_interval
         self._namespaces = frozenset(namespaces)
+        self._accept = accept  # which due runs this replica may act on
         self._heap: list[tuple[datetime, int, RunKey, str]] = []
         self._counter = itertools.count()
         self._wakeup = asyncio.Event()
@@ -94,6 +96,8 @@ class Scheduler:
             try:
                 for record in await self._store.due_runs(utcnow(), limit=200):
                     if self._namespaces and record.namespace not in self._namespaces:
+                        continue
+                    if not self._accept(record.id):
                         continue
                     self._dispatch(RunKey(record.namespace, record.name, record.id), "due")
             except Exception:
