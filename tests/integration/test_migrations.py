@@ -87,7 +87,8 @@ async def test_failing_migration_rolls_back_and_releases_the_lock(
             await store.migrate()
     finally:
         await store.close()
-    assert await _versions(pg_dsn) == [1]  # the good file before it stays applied
+    shipped = [m.version for m in load_migrations()]
+    assert await _versions(pg_dsn) == shipped  # the good files before it stay applied
     assert not await _table_exists(pg_dsn, "half_done")
 
     (broken / "0900_broken.sql").write_text("CREATE TABLE half_done (x int);\n")

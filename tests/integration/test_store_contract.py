@@ -445,6 +445,87 @@ async def test_pending_inbox_keeps_delivery_order_and_skips_consumed(store: Stor
     assert all(i.run_id == run.id and i.created_at.tzinfo is not None for i in pending)
 
 
+# -- begin: one call starts an activation --------------------------------------------------
+
+
+async def test_begin_takes_the_lease_and_returns_run_history_and_inbox(store: Store) -> None:
+    run = await _new_run(store, input={"n": [1, 2]})
+    first = await store.acquire_lease(run.id, "worker-a")
+    written = await store.append(first, _events("a", "b"), RunUpdate(status=RunStatus.RUNNING))
+    await store.release_lease(first)
+    await store.deliver(run.id, "approve", InboxKind.SIGNAL, {"ok": True})
+    await store.deliver(run.id, "cancel", InboxKind.CANCEL)
+    begun = await store.begin(run.id, "worker-b", ttl_s=60)
+    assert begun.lease is not None
+    assert (begun.lease.owner, begun.lease.epoch) == ("worker-b", first.epoch + 1)
+    assert begun.lease.expires_at > _now() + timedelta(seconds=30)
+    assert begun.history == written == await store.load_history(run.id)
+    assert [(e.seq, e.type, e.name, e.payload) for e in begun.history] == [
+        (1, EventType.STEP_COMPLETED, "a", {"result": 1}),
+        (2, EventType.STEP_COMPLETED, "b", {"result": 2}),
+    ]
+    assert all(e.time.tzinfo is not None for e in begun.history)
+    assert begun.inbox == await store.pending_inbox(run.id)
+    assert [(i.name, i.kind, i.payload) for i in begun.inbox] == [
+        ("approve", InboxKind.SIGNAL, {"ok": True}),
+        ("cancel", InboxKind.CANCEL, None),
+    ]
+    assert begun.run == await store.get_run(run.id)
+    assert (begun.run.input, begun.run.status, begun.run.history_length) == (
+        {"n": [1, 2]},
+        RunStatus.RUNNING,
+        2,
+    )
+    assert begun.run.lease_owner == "worker-b"
+    assert begun.run.started_at is not None
+    assert begun.run.started_at.tzinfo is not None
+    with pytest.raises(FencedError):
+        await store.append(first, _events("zombie"))
+
+
+async def test_begin_leaves_finished_and_blocked_runs_without_a_lease(store: Store) -> None:
+    for status in (RunStatus.SUCCEEDED, RunStatus.BLOCKED):
+        run = await _new_run(store)
+        await store.set_status(run.id, RunUpdate(status=status, result={"r": 1}))
+        begun = await store.begin(run.id, "worker-a")
+        assert begun.lease is None
+        assert (begun.history, begun.inbox) == ([], [])
+        assert (begun.run.status, begun.run.result, begun.run.lease_epoch) == (status, {"r": 1}, 0)
+        after = await store.get_run(run.id)
+        assert after is not None
+        assert after.lease_owner is None
+        assert after.lease_epoch == 0
+
+
+async def test_begin_refuses_a_live_lease_and_unknown_runs(store: Store) -> None:
+    run = await _new_run(store)
+    await store.acquire_lease(run.id, "worker-a", ttl_s=60)
+    with pytest.raises(LeaseHeldError, match="worker-a"):
+        await store.begin(run.id, "worker-b")
+    again = await store.begin(run.id, "worker-a")  # the same owner may retake
+    assert again.lease is not None
+    assert again.lease.epoch == 2
+    with pytest.raises(RunNotFoundError):
+        await store.begin(_run_id(), "worker-a")
+
+
+async def test_append_can_release_the_lease_in_the_same_commit(store: Store) -> None:
+    run = await _new_run(store)
+    lease = await store.acquire_lease(run.id, "worker-a", ttl_s=60)
+    update = RunUpdate(status=RunStatus.SUCCEEDED, result=1, release_lease=True)
+    await store.append(lease, _events("last"), update)
+    after = await store.get_run(run.id)
+    assert after is not None
+    assert (after.status, after.lease_owner, after.lease_expires_at) == (
+        RunStatus.SUCCEEDED,
+        None,
+        None,
+    )
+    assert after.lease_epoch == lease.epoch  # released, not revoked
+    other = await store.acquire_lease(run.id, "worker-b", ttl_s=60)
+    assert other.epoch == lease.epoch + 1
+
+
 # -- notifications ------------------------------------------------------------------------
 
 
@@ -461,6 +542,19 @@ async def test_wait_for_change_wakes_on_append(store: Store) -> None:
     lease = await store.acquire_lease(run.id, "worker-a")
     task = await _waiter(store, run.id, 10)
     await store.append(lease, _events("a"))
+    assert await asyncio.wait_for(task, 5) is True
+
+
+async def test_wait_for_change_wakes_on_a_status_change_right_after_a_step(store: Store) -> None:
+    """Step appends may be throttled; a status change (and a release) always notifies."""
+    run = await _new_run(store)
+    lease = await store.acquire_lease(run.id, "worker-a")
+    await store.append(lease, _events("a"))
+    task = await _waiter(store, run.id, 10)
+    await store.append(lease, [], RunUpdate(status=RunStatus.SUSPENDED, waiting_for=["p"]))
+    assert await asyncio.wait_for(task, 5) is True
+    task = await _waiter(store, run.id, 10)
+    await store.append(lease, [], RunUpdate(release_lease=True))
     assert await asyncio.wait_for(task, 5) is True
 
 
@@ -548,6 +642,81 @@ async def test_postgres_append_retry_with_the_same_token_writes_once(
     assert (first["outcome"], first["base_seq"]) == ("ok", 0)
     assert (second["outcome"], second["base_seq"]) == ("duplicate", 0)
     assert count == 1
+
+
+@pytest.mark.integration
+async def test_postgres_concurrent_appends_of_many_runs_share_commits(
+    migrated_dsn: str,
+) -> None:
+    """Appends that queue while every sender is busy leave as one statement; each run
+    keeps its own fencing and its own events."""
+    store = await PostgresStore.connect(migrated_dsn, min_size=2, max_size=2)
+    try:
+        runs = [await _new_run(store) for _ in range(40)]
+        leases = [await store.acquire_lease(r.id, "worker-a") for r in runs]
+        zombie = leases[7]
+        await store.revoke_lease(zombie.run_id)
+        results = await asyncio.gather(
+            *(store.append(lease, _events(f"s{i}", "t")) for i, lease in enumerate(leases)),
+            return_exceptions=True,
+        )
+        batches = store._group.batches
+    finally:
+        await store.close()
+    assert batches >= 1
+    assert isinstance(results[7], FencedError)
+    for i, (run, result) in enumerate(zip(runs, results, strict=True)):
+        if i == 7:
+            continue
+        assert isinstance(result, list), result
+        assert [(e.run_id, e.seq, e.name) for e in result] == [
+            (run.id, 1, f"s{i}"),
+            (run.id, 2, "t"),
+        ]
+    check = await PostgresStore.connect(migrated_dsn)
+    try:
+        assert await check.load_history(zombie.run_id) == []
+        history = await check.load_history(runs[3].id)
+        assert [(e.seq, e.name, e.payload) for e in history] == [
+            (1, "s3", {"result": 1}),
+            (2, "t", {"result": 2}),
+        ]
+    finally:
+        await check.close()
+
+
+@pytest.mark.integration
+async def test_postgres_batched_update_fields_match_a_single_append(migrated_dsn: str) -> None:
+    """ratline_commit_many decodes every RunUpdate field as ratline_commit does."""
+    store = await PostgresStore.connect(migrated_dsn, min_size=1, max_size=1)
+    wake = datetime(2031, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    update = RunUpdate(
+        status=RunStatus.SUSPENDED, result=None, error={"m": "x"}, wake_at=wake, waiting_for=["p"]
+    )
+    try:
+        runs = [await _new_run(store) for _ in range(6)]
+        leases = [await store.acquire_lease(r.id, "worker-a") for r in runs]
+        await store.deliver(runs[0].id, "p", InboxKind.SIGNAL, 1)
+        await asyncio.gather(
+            *(store.append(lease, _events("a"), update, ["p"]) for lease in leases)
+        )
+        assert store._group.batches >= 1  # one sender: the other five were batched
+        records = [await store.get_run(r.id) for r in runs]
+    finally:
+        await store.close()
+    for record in records:
+        assert record is not None
+        assert (record.status, record.result, record.error, record.wake_at) == (
+            RunStatus.SUSPENDED,
+            None,
+            {"m": "x"},
+            wake,
+        )
+        assert (record.waiting_for, record.history_length, record.lease_owner) == (
+            ["p"],
+            1,
+            "worker-a",
+        )
 
 
 @pytest.mark.integration

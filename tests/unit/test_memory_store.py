@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from ratline.errors import LeaseHeldError
 from ratline.store import (
+    Event,
     EventType,
     InboxKind,
     NewEvent,
@@ -22,6 +24,7 @@ from ratline.store import (
     RunUpdate,
     open_store,
 )
+from ratline.store.base import trusted
 from ratline.store.memory import MemoryStore
 
 
@@ -120,3 +123,25 @@ async def test_open_store_memory_scheme_gives_a_fresh_memory_store() -> None:
 async def test_open_store_rejects_unknown_schemes(dsn: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         await open_store(dsn)
+
+
+def test_trusted_models_equal_validated_ones() -> None:
+    """`trusted` skips validation on hot paths; it must build exactly what validation would."""
+    fields = {
+        "type": EventType.STEP_COMPLETED,
+        "command_id": 3,
+        "name": "charge",
+        "payload": {"result": [1, {"a": None}]},
+        "run_id": "r-1",
+        "seq": 4,
+        "time": datetime(2030, 1, 1, tzinfo=UTC),
+    }
+    fast = trusted(Event, dict(fields))
+    checked = Event.model_validate(fields)
+    assert fast == checked
+    assert fast.model_dump() == checked.model_dump()
+    assert fast.model_fields_set == checked.model_fields_set
+    assert fast.model_copy(update={"seq": 5}).seq == 5
+    assert fast.seq == 4
+    with pytest.raises(ValidationError):
+        fast.seq = 9  # still frozen

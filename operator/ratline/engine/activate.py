@@ -1,7 +1,9 @@
 """Run one activation of a stored run: resolve its code, take the lease, replay.
 
 The worker process and the testing runner both call `activate`; it owns the
-lease for exactly as long as the activation lasts.
+lease for exactly as long as the activation lasts. One `Store.begin` call takes
+the lease and loads the run, its history and its inbox; a finished run gives the
+lease back in its last append, so a short run costs no extra round trips.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import logging
 from ratline.engine.execution import Execution
 from ratline.engine.outcome import Activation
 from ratline.engine.parts import ExecutionOptions
-from ratline.errors import FencedError, PermanentError, RunNotFoundError
+from ratline.errors import FencedError, PermanentError
 from ratline.sdk.definition import WorkflowSpec, registered_workflow, spec_of
-from ratline.store.base import Lease, RunStatus, Store
+from ratline.store.base import Lease, Store
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +64,31 @@ async def activate(
     options: ExecutionOptions | None = None,
     lease_ttl_s: float = 30.0,
 ) -> Activation:
-    """Advance `run_id` until it finishes or waits; finished runs are left untouched."""
-    run = await store.get_run(run_id)
-    if run is None:
-        raise RunNotFoundError(f"run {run_id!r} does not exist in the store")
-    if run.status.finished or run.status is RunStatus.BLOCKED:
+    """Advance `run_id` until it finishes or waits; finished runs are left untouched.
+
+    `RunNotFoundError` when the store has no such run, `LeaseHeldError` when another
+    live worker has it, `EntrypointError` when its code cannot be found.
+    """
+    begun = await store.begin(run_id, owner, lease_ttl_s)
+    run, lease = begun.run, begun.lease
+    if lease is None:  # finished or blocked: nothing to do, and no lease was taken
         return Activation(run.status, result=run.result, error=run.error)
-    if spec is None:
-        spec = resolve_entrypoint(run.entrypoint or run.workflow)
-    lease = await store.acquire_lease(run_id, owner, lease_ttl_s)
-    renewer = asyncio.create_task(_keep_lease(store, lease, lease_ttl_s))
+    renewer: asyncio.Task[None] | None = None
+    execution: Execution | None = None
     try:
-        history = await store.load_history(run_id)
-        execution = Execution(store, lease, run, spec, history, options)
+        if spec is None:
+            spec = resolve_entrypoint(run.entrypoint or run.workflow)
+        renewer = asyncio.create_task(_keep_lease(store, lease, lease_ttl_s))
+        execution = Execution(store, lease, run, spec, begun.history, options, begun.inbox)
         return await execution.activate()
     finally:
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await renewer
-        with contextlib.suppress(Exception):
-            await store.release_lease(lease)
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renewer
+        if execution is None or not execution.released:
+            with contextlib.suppress(Exception):
+                await store.release_lease(lease)
 
 
 async def _keep_lease(store: Store, lease: Lease, ttl_s: float) -> None:

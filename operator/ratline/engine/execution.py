@@ -82,7 +82,10 @@ class Execution(WorkflowContext):
         spec: WorkflowSpec,
         history: list[Event],
         options: ExecutionOptions | None = None,
+        inbox: list[InboxItem] | None = None,
     ) -> None:
+        """`inbox`: the run's unconsumed items if the caller just read them (`Store.begin`);
+        None makes the activation read them first."""
         self.store = store
         self.record = run
         self.spec = spec
@@ -108,8 +111,14 @@ class Execution(WorkflowContext):
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_inbox_poll = 0.0
+        self._initial_inbox = inbox
         self.steps: list[StepInfo] = []
         self._logger = ReplayQuietLogger(self)
+
+    @property
+    def released(self) -> bool:
+        """The last commit gave the lease back (the run finished): no release call needed."""
+        return self._flusher.released
 
     # ---------------------------------------------------------------- SDK surface
     @property
@@ -585,13 +594,19 @@ class Execution(WorkflowContext):
         except InputValidationError as exc:
             error = {**error_info(exc), "field": exc.field}
             self._record(EventType.RUN_FAILED, None, None, {"error": error})
-            await self._flusher.flush(RunUpdate(status=RunStatus.FAILED, error=error))
+            await self._flusher.flush(
+                RunUpdate(status=RunStatus.FAILED, error=error, release_lease=True)
+            )
             return Activation(RunStatus.FAILED, error=error, steps=self.steps)
         if not self.history.run_started:
             payload = {"input": to_json(self.record.input), "workflow": self.spec.name}
             self._record(EventType.RUN_STARTED, None, None, payload)
         self._flusher.set_status(RunStatus.RUNNING)
-        self._apply_inbox(await self.store.pending_inbox(self.record.id))
+        if self._initial_inbox is None:
+            await self._poll_inbox()
+        else:
+            self._last_inbox_poll = time.monotonic()
+            self._apply_inbox(self._initial_inbox)
         self._fire_due()
         body = self._spawn(self._body(inp))
         body.add_done_callback(lambda _: self._changed.set())
@@ -681,7 +696,9 @@ class Execution(WorkflowContext):
                 raise self._blocked
             result = to_json(value)
             self._record(EventType.RUN_COMPLETED, None, None, {"result": result})
-            await self._flush(RunUpdate(status=RunStatus.SUCCEEDED, result=result))
+            await self._flush(
+                RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)
+            )
             return Activation(RunStatus.SUCCEEDED, result=result, steps=self.steps)
         except WorkflowCancelled as exc:
             return await self._finish_failed(exc, cancelled=exc.reason)
@@ -695,7 +712,7 @@ class Execution(WorkflowContext):
             detail = {"expected": blocked.expected, "recorded": blocked.recorded}
             diff = {**error_info(blocked), "command_id": blocked.command_id}
             self._record(EventType.RUN_BLOCKED, None, None, detail)
-            await self._flush(RunUpdate(status=RunStatus.BLOCKED, error=diff))
+            await self._flush(RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True))
             return Activation(RunStatus.BLOCKED, error=diff, steps=self.steps)
         reason = cancelled or "failed"
         error: dict[str, Any]
@@ -712,7 +729,7 @@ class Execution(WorkflowContext):
         if compensation_errors:
             error["compensation_errors"] = compensation_errors
         self._record(event, None, None, {"error": error})
-        await self._flush(RunUpdate(status=status, error=error))
+        await self._flush(RunUpdate(status=status, error=error, release_lease=True))
         return Activation(status, error=error, steps=self.steps)
 
     async def _compensate(self, reason: str) -> list[str]:

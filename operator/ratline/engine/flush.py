@@ -32,6 +32,7 @@ class Flusher:
         self._status: RunStatus | None = None
         self._lock = asyncio.Lock()
         self.commits = 0
+        self.released = False  # a commit gave the lease back: nothing more may be written
 
     def buffer(self, event: NewEvent) -> None:
         self._events.append(event)
@@ -65,6 +66,7 @@ class Flusher:
             await self._append(events, update, consumed)
             self._status = None
             self.commits += 1
+            self.released = update is not None and update.release_lease
 
     async def _append(
         self, events: list[NewEvent], update: RunUpdate | None, consumed: list[str]

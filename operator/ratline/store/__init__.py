@@ -9,6 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ratline.store.base import (
+    Begun,
     Event,
     EventType,
     InboxItem,
@@ -23,6 +24,7 @@ from ratline.store.base import (
 )
 
 __all__ = [
+    "Begun",
     "Event",
     "EventType",
     "InboxItem",

@@ -16,6 +16,7 @@ from typing import Any
 
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
 from ratline.store.base import (
+    Begun,
     Event,
     InboxItem,
     InboxKind,
@@ -26,6 +27,7 @@ from ratline.store.base import (
     RunStatus,
     RunUpdate,
     Store,
+    trusted,
 )
 
 
@@ -45,6 +47,11 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _event_copy(event: Event) -> Event:
+    """A copy that shares nothing mutable with the stored event (payload copied)."""
+    return trusted(Event, {**event.__dict__, "payload": _copy(event.payload)})
 
 
 def _out(run: RunRecord) -> RunRecord:
@@ -165,6 +172,18 @@ class MemoryStore(Store):
 
     # -- leases -----------------------------------------------------------------------------
 
+    async def begin(self, run_id: str, owner: str, ttl_s: float = 30.0) -> Begun:
+        run = self._run(run_id, "begin")
+        if run.status.finished or run.status is RunStatus.BLOCKED:
+            return Begun(_out(run), None, [], [])
+        lease = await self.acquire_lease(run_id, owner, ttl_s)
+        return Begun(
+            _out(self._runs[run_id]),
+            lease,
+            await self.load_history(run_id),
+            await self.pending_inbox(run_id),
+        )
+
     async def acquire_lease(self, run_id: str, owner: str, ttl_s: float = 30.0) -> Lease:
         run = self._run(run_id, "acquire_lease")
         now = self._now()
@@ -236,9 +255,7 @@ class MemoryStore(Store):
 
     async def load_history(self, run_id: str, after_seq: int = 0) -> list[Event]:
         events = self._events.get(run_id, [])
-        return [
-            e.model_copy(update={"payload": _copy(e.payload)}) for e in events[max(after_seq, 0) :]
-        ]
+        return [_event_copy(e) for e in events[max(after_seq, 0) :]]
 
     async def append(
         self,
@@ -252,18 +269,23 @@ class MemoryStore(Store):
         now = self._now()
         base = run.history_length
         new = [
-            Event(
-                run_id=lease.run_id,
-                seq=base + i,
-                time=now,
-                type=e.type,
-                command_id=e.command_id,
-                name=e.name,
-                payload=payload,
+            trusted(
+                Event,
+                {
+                    "type": e.type,
+                    "command_id": e.command_id,
+                    "name": e.name,
+                    "payload": payload,
+                    "run_id": lease.run_id,
+                    "seq": base + i,
+                    "time": now,
+                },
             )
             for i, (e, payload) in enumerate(zip(events, payloads, strict=True), start=1)
         ]
         run = self._apply(run, update or RunUpdate(), now)
+        if update is not None and update.release_lease:
+            run = run.model_copy(update={"lease_owner": None, "lease_expires_at": None})
         inbox = self._inbox[lease.run_id]
         for name in consumed_inbox:
             item = inbox.get(name)
@@ -275,7 +297,7 @@ class MemoryStore(Store):
         self._runs[lease.run_id] = run.model_copy(update={"history_length": base + len(new)})
         self._events[lease.run_id].extend(new)
         self._notify(lease.run_id)
-        return [e.model_copy(update={"payload": _copy(e.payload)}) for e in new]
+        return [_event_copy(e) for e in new]
 
     # -- inbox ------------------------------------------------------------------------------
 
