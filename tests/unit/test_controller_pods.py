@@ -13,6 +13,7 @@ from ratline.controller.pods import (
     build_worker_pod,
     label_value,
     pod_exit,
+    pod_stuck,
     worker_pod_name,
 )
 
@@ -177,3 +178,28 @@ def test_backoff_grows_and_is_capped() -> None:
     delays = [backoff_delay(n, 1.0, 30.0) for n in range(0, 8)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert backoff_delay(10_000, 1.0, 60.0) == 60.0
+
+
+def test_stuck_worker_is_recognised() -> None:
+    waiting = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "worker",
+                "state": {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": 'secret "ratline-db" not found',
+                    }
+                },
+            }
+        ],
+    }
+    assert pod_stuck({"status": waiting}) == (
+        "CreateContainerConfigError",
+        'secret "ratline-db" not found',
+    )
+    creating = {"containerStatuses": [{"name": "worker", "state": {"waiting": {
+        "reason": "ContainerCreating"}}}]}  # fmt: skip
+    assert pod_stuck({"status": creating}) is None
+    assert pod_stuck({"status": {"phase": "Pending"}}) is None

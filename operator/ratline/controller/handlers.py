@@ -100,6 +100,14 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
         waiting = await reconciler.workflow_appeared(namespace, name)
         if waiting:
             log.info("Workflow %s/%s appeared; reconciled %s", namespace, name, waiting)
+        generation = (kwargs.get("meta") or {}).get("generation")
+        if generation and (kwargs.get("status") or {}).get("observedGeneration") != generation:
+            try:
+                await ctx.kube.patch_workflow_status(
+                    namespace, name, {"observedGeneration": generation}
+                )
+            except ApiException as exc:  # cosmetic: never block the runs on it
+                log.warning("cannot update status of Workflow %s/%s: %s", namespace, name, exc)
 
     @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: "ratline"}, registry=registry)
     async def pod_event(**kwargs: Any) -> None:

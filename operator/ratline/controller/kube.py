@@ -117,6 +117,24 @@ class Kube:
             )
         )
 
+    async def patch_workflow_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        body = {"status": status}
+        return await self._get(
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                WORKFLOWS,
+                name,
+                body,
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+                _content_type="application/merge-patch+json",
+            )
+        )
+
     async def create_run(self, namespace: str, body: dict[str, Any]) -> bool:
         """Create a WorkflowRun; False if one with that name exists already."""
         try:

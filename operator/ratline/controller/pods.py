@@ -231,6 +231,29 @@ def pod_exit(pod: Mapping[str, Any], *, deleted: bool = False) -> PodExit | None
     return None
 
 
+# Waiting reasons that do not heal by themselves: someone must fix a Secret or an image.
+STUCK_REASONS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+    }
+)
+
+
+def pod_stuck(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when the worker container cannot start, else None."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != CONTAINER:
+            continue
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    return None
+
+
 def backoff_delay(retries: int, initial: float, maximum: float) -> float:
     """Seconds before replacement number `retries` (1-based): initial * 2^(n-1), capped."""
     if retries <= 0:

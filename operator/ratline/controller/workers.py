@@ -29,6 +29,7 @@ from ratline.controller.pods import (
     build_worker_pod,
     label_value,
     pod_exit,
+    pod_stuck,
 )
 from ratline.controller.projection import error_text
 from ratline.controller.status import RunKey
@@ -104,9 +105,12 @@ class Workers:
             None,
         )
         ended = pod_exit(pod, deleted=event_type == "DELETED")
-        if not uid or owner is None or ended is None:
+        if not uid or owner is None:
             return None
         key = RunKey(str(meta.get("namespace")), str(owner["name"]), str(uid))
+        if ended is None:
+            await self._note_stuck(key, pod)
+            return None
         if not ctx.writer.known(key.uid):
             obj = await ctx.kube.get_run(key.namespace, key.name)
             meta = (obj or {}).get("metadata") or {}
@@ -131,6 +135,35 @@ class Workers:
             self.kick_queue(key.namespace, str(workflow))
         return key if again else None
 
+    async def _note_stuck(self, key: RunKey, pod: dict[str, Any]) -> None:
+        """A worker that cannot start (missing Secret key, bad image) shows as a condition;
+        the pod stays: the kubelet retries once the cause is fixed."""
+        writer = self.ctx.writer
+        stuck = pod_stuck(pod)
+        if not writer.known(key.uid):
+            if stuck is None:
+                return
+            obj = await self.ctx.kube.get_run(key.namespace, key.name)
+            if obj is None or obj["metadata"].get("uid") != key.uid:
+                return
+            writer.seed(key, obj.get("status"))
+        async with self.ctx.lock(key.uid):
+            if not writer.known(key.uid):
+                return
+            had = writer.condition(key.uid, "WorkerPending") is not None
+            if stuck is None:
+                if had:
+                    writer.clear_condition(key.uid, "WorkerPending")
+                    await writer.flush(key.uid)
+                return
+            reason, detail = stuck
+            name = pod["metadata"]["name"]
+            message = f"worker pod {name} cannot start ({reason}): {detail}"
+            writer.set_condition(key.uid, "WorkerPending", reason, message)
+            if not had:
+                self.ctx.emit(key, "WorkerPending", message, warning=True)
+            await writer.flush(key.uid, urgent=not had)
+
     def kick_queue(self, namespace: str, workflow: str) -> None:
         """A slot may be free: let the first queued runs of the workflow try."""
         for item in self.ctx.slots.ordered(namespace, workflow)[:10]:
@@ -141,6 +174,7 @@ class Workers:
         ctx = self.ctx
         action = ended.action
         ctx.metrics.worker_exits.labels(outcome=action.value).inc()
+        ctx.writer.clear_condition(key.uid, "WorkerPending")
         last_exit: dict[str, Any] = {"pod": ended.pod, "reason": ended.reason, "at": iso(utcnow())}
         if ended.code is not None:
             last_exit["exitCode"] = ended.code
