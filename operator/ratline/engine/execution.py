@@ -64,11 +64,16 @@ from ratline.store.base import (
     RunStatus,
     RunUpdate,
     Store,
+    trusted,
 )
 
 __all__ = ["COMPENSATION_RETRY", "Execution", "ExecutionOptions"]
 
 COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_interval=1.0, max_interval=60.0)
+# Enum members as module constants: `EventType.X` is a class attribute lookup per use.
+_STEP_COMPLETED = EventType.STEP_COMPLETED
+_STEP_FAILED = EventType.STEP_FAILED
+_new_object = object.__new__
 
 
 class Execution(WorkflowContext):
@@ -293,9 +298,8 @@ class Execution(WorkflowContext):
     def _record(
         self, type_: EventType, command_id: int | None, name: str | None, payload: dict[str, Any]
     ) -> None:
-        self._flusher.buffer(
-            NewEvent(type=type_, command_id=command_id, name=name, payload=payload)
-        )
+        fields = {"type": type_, "command_id": command_id, "name": name, "payload": payload}
+        self._flusher.buffer(trusted(NewEvent, fields))  # the engine's own, well-typed values
 
     def _cancel_point(self, resolved_seq: int | None) -> None:
         """Raise the pending cancel here unless history resolved this await before it.
@@ -331,9 +335,13 @@ class Execution(WorkflowContext):
     ) -> Any:
         """Replay or execute one step. Sync functions run inline unless `offload`
         (fan-out), where they run in threads so that items proceed together."""
-        records = self.history.records(command_id)
-        failures = [e for e in records if e.type is EventType.STEP_FAILED]
-        done = self.history.first(command_id, EventType.STEP_COMPLETED)
+        failures: list[Event] = []
+        done: Event | None = None
+        for event in self.history.by_command.get(command_id, ()):  # replay: usually one
+            if event.type is _STEP_FAILED:
+                failures.append(event)
+            elif done is None and event.type is _STEP_COMPLETED:
+                done = event
         if done is not None:
             value = from_json(done.payload.get("result"), output_type)
             self._note(command_id, name, len(failures) + 1, replayed=True, ok=True)
@@ -415,17 +423,20 @@ class Execution(WorkflowContext):
             self._compensations.append(Compensation(name, fn, (result,)))
 
     def _note(self, command_id: int, name: str, attempts: int, *, replayed: bool, ok: bool) -> None:
-        self.steps.append(
-            StepInfo(
-                command_id=command_id,
-                name=name,
-                kind="step",
-                attempts=attempts,
-                replayed=replayed,
-                executed=not replayed,
-                ok=ok,
-            )
+        # A frozen dataclass's __init__ sets each field through object.__setattr__
+        # (~2 µs); filling __dict__ directly builds the same object in a fraction,
+        # which matters when replaying 10,000 steps.
+        info = _new_object(StepInfo)
+        info.__dict__.update(
+            command_id=command_id,
+            name=name,
+            kind="step",
+            attempts=attempts,
+            replayed=replayed,
+            executed=not replayed,
+            ok=ok,
         )
+        self.steps.append(info)
 
     # ---------------------------------------------------------------- waiting
     async def _wait(self, command_id: int, kind: str, name: str, deadline: datetime) -> None:

@@ -118,11 +118,22 @@ def retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_ASYNC: dict[object, bool] = {}
+
+
 def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` gives a coroutine; cached per plain function's code object."""
+    key = getattr(fn, "__code__", None)
+    found = _ASYNC.get(key) if key is not None else None
+    if found is not None:
+        return found
     target = getattr(fn, "func", fn)  # functools.partial
-    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+    found = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(target, "__call__", None)  # noqa: B004 - async callable objects
     )
+    if key is not None:
+        _ASYNC[key] = found
+    return found
 
 
 _RETURN_TYPES: dict[object, Any] = {}
