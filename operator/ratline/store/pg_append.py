@@ -136,6 +136,7 @@ class GroupCommit:
             task.add_done_callback(self._drainers.discard)
 
     async def _drain(self) -> None:
+        batch: list[tuple[CommitArgs, asyncio.Future[Outcome]]] = []
         try:
             while self._queue:
                 batch = [(a, f) for a, f in self._queue[:MAX_BATCH] if not f.done()]
@@ -144,6 +145,10 @@ class GroupCommit:
                     await self._settle(*batch[0])
                 elif batch:
                     await self._send_batch(batch)
+        except BaseException:  # cancelled (the loop is closing): no caller may hang
+            for _, future in batch:
+                future.cancel()
+            raise
         finally:
             self._senders -= 1
 

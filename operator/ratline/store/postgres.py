@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
+import pydantic_core
 
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
 from ratline.store import migrate as migrations
@@ -167,6 +168,12 @@ def _run_record(row: asyncpg.Record | dict[str, Any]) -> RunRecord:
 
 
 _EVENT_TYPES = {t.value: t for t in EventType}
+
+
+def _loads(text: str) -> Any:
+    """pydantic-core's JSON parser: the same values as json.loads in half the time, and
+    repeated strings (event types, step names, keys) are shared, not re-allocated."""
+    return pydantic_core.from_json(text, cache_strings=True)
 
 
 @contextlib.contextmanager
@@ -423,7 +430,7 @@ class PostgresStore(Store):
         if text is None:
             raise RunNotFoundError(f"begin: no run {run_id}")
         with _no_gc():
-            data = json.loads(text)
+            data = _loads(text)
             history = _events(run_id, data.get("history", []))
         run = _run_record(data["run"])
         if not data["leased"]:
@@ -508,7 +515,7 @@ class PostgresStore(Store):
             f"load_history {run_id}", lambda c: c.fetchval(_LOAD_HISTORY, run_id, after_seq)
         )
         with _no_gc():
-            return _events(run_id, json.loads(text))
+            return _events(run_id, _loads(text))
 
     async def append(
         self,
