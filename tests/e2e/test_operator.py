@@ -129,7 +129,8 @@ def test_max_duration_times_the_run_out_with_compensation(
     kubectl.apply(run_manifest(name, "gate", {"key": key}, maxDuration="3s"))
     status = kubectl.wait_phase(name, "TimedOut", "Failed", timeout=90)
     assert status["phase"] == "TimedOut", status
-    assert "timeout" in status["delivered"]
+    # Whichever noticed first (the worker's own clock or the operator's inbox entry
+    # `timeout`), the run times out once, with compensation.
     assert [r["op"] for r in read_effects(effects_log, key)] == ["reserve", "release"]
 
 

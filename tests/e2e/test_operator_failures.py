@@ -12,6 +12,7 @@ from tests.e2e.conftest import (
     OperatorProcess,
     run_manifest,
     unique,
+    wait_for,
     workflow_manifest,
 )
 from tests.e2e.workflows.flows import read_effects
@@ -34,8 +35,6 @@ def test_missing_workflow_waits_then_runs_when_it_appears(
     def not_found() -> dict[str, object] | None:
         status = kubectl.status(name)
         return status if "WorkflowNotFound" in conditions(status) else None
-
-    from tests.e2e.conftest import wait_for
 
     status = wait_for("the WorkflowNotFound condition", not_found, timeout=30)
     assert status["phase"] == "Pending"
@@ -106,3 +105,33 @@ def test_crashing_worker_is_replaced_with_backoff_then_exhausted(
     time.sleep(2)
     assert kubectl.status(name)["activations"] == 3
     assert operator.alive
+
+
+def test_worker_that_cannot_start_shows_why_and_recovers_when_fixed(
+    operator: OperatorProcess, kubectl: Kubectl, migrated_dsn: str
+) -> None:
+    """Its DSN Secret is missing: the pod cannot start (no crash, no retry loop); the
+    run says why, and carries on once the Secret exists."""
+    operator.extra_args = ["--worker-dsn-secret", "not-there-yet"]
+    operator.restart(kill=False)
+    kubectl.apply(workflow_manifest("hello", HELLO))
+    name = unique("blocked")
+    kubectl.apply(run_manifest(name, "hello", {"name": "x"}))
+
+    def pending() -> dict[str, object] | None:
+        status = kubectl.status(name)
+        return status if "WorkerPending" in conditions(status) else None
+
+    status = wait_for("the WorkerPending condition", pending, timeout=60)
+    condition = conditions(status)["WorkerPending"]
+    assert condition["reason"] == "CreateContainerConfigError"
+    assert "not-there-yet" in condition["message"]
+    assert status["activations"] == 1
+    assert status.get("retries", 0) == 0
+
+    kubectl.run(
+        "create", "secret", "generic", "not-there-yet", f"--from-literal=dsn={migrated_dsn}"
+    )
+    done = kubectl.wait_phase(name, "Succeeded", timeout=90)
+    assert "WorkerPending" not in conditions(done)
+    assert done["activations"] == 1
