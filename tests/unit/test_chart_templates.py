@@ -189,6 +189,7 @@ OPERATOR_RULES = {
     ("ratline.dev", "workflowruns/status"): {"get", "patch"},
     ("ratline.dev", "workflowruns/finalizers"): {"update"},
     ("ratline.dev", "workflows"): {"get", "list", "watch"},
+    ("ratline.dev", "workflows/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
 }

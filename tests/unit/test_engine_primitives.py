@@ -452,3 +452,31 @@ async def test_max_duration_after_completed_steps_times_out_cleanly() -> None:
         await handle.result()
     assert caught.value.status is RunStatus.TIMED_OUT
     assert released == ["r2"]
+
+
+async def test_undo_steps_that_no_longer_match_history_block_the_run() -> None:
+    name = unique("undo-changed")
+
+    def fail() -> None:
+        raise NonRetryableError("no")
+
+    async def v1(ctx: WorkflowContext, _: None) -> None:
+        await ctx.run("charge", lambda: 1, compensate=lambda r: None)
+        await ctx.run("ship", fail)
+
+    env = WorkflowTestEnv()
+    workflow(name=name)(v1)
+    env.simulate_crash_after("compensate:charge")
+    handle = await env.start(name)
+    assert handle.last.crashed
+
+    # the new code registers another undo action, which now runs first
+    async def v3(ctx: WorkflowContext, _: None) -> None:
+        await ctx.run("charge", lambda: 1, compensate=lambda r: None)
+        ctx.add_compensation("notify", lambda: None)
+        await ctx.run("ship", fail)
+
+    workflow(name=name)(v3)
+    handle.spec = ratline.sdk.spec_of(name)
+    await handle.resume()
+    assert handle.status is RunStatus.BLOCKED

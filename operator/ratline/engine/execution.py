@@ -717,14 +717,26 @@ class Execution(WorkflowContext):
             return await self._finish_failed(exc, cancelled=None)
 
     async def _finish_failed(self, exc: BaseException, cancelled: str | None) -> Activation:
-        if self._blocked is not None:
-            blocked = self._blocked
-            self._flusher.discard()
-            detail = {"expected": blocked.expected, "recorded": blocked.recorded}
-            diff = {**error_info(blocked), "command_id": blocked.command_id}
-            self._record(EventType.RUN_BLOCKED, None, None, detail)
-            await self._flush(RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True))
-            return Activation(RunStatus.BLOCKED, error=diff, steps=self.steps)
+        if self._blocked is None:
+            try:
+                return await self._compensate_and_end(exc, cancelled)
+            except NonDeterminismError:  # the undo steps no longer match history
+                if self._blocked is None:
+                    raise
+        return await self._end_blocked()
+
+    async def _end_blocked(self) -> Activation:
+        """History and code disagree: keep history as it is and stop, visibly."""
+        blocked = self._blocked
+        assert blocked is not None
+        self._flusher.discard()
+        detail = {"expected": blocked.expected, "recorded": blocked.recorded}
+        diff = {**error_info(blocked), "command_id": blocked.command_id}
+        self._record(EventType.RUN_BLOCKED, None, None, detail)
+        await self._flush(RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True))
+        return Activation(RunStatus.BLOCKED, error=diff, steps=self.steps)
+
+    async def _compensate_and_end(self, exc: BaseException, cancelled: str | None) -> Activation:
         reason = cancelled or "failed"
         error: dict[str, Any]
         compensation_errors = await self._compensate(reason)
