@@ -267,3 +267,19 @@ async def test_postgres_restart_in_the_middle_of_a_run_is_survived(
     assert run is not None
     assert run.status is RunStatus.SUCCEEDED
     assert lines(effects) == [f"before-{i}" for i in range(6)]
+
+
+async def test_workflow_default_retry_from_the_operator_sets_the_attempts(
+    store: PostgresStore, migrated_dsn: str, effects: Path
+) -> None:
+    run_id = await new_run(store, "it-flaky", None, "tests.integration.workflows:flaky")
+    policy = '{"maxAttempts": 2, "initialInterval": "0s"}'
+    done = await asyncio.to_thread(run_worker, migrated_dsn, run_id, RATLINE_DEFAULT_RETRY=policy)
+    assert done.returncode == 0, done.stderr
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert run.status is RunStatus.FAILED
+    assert lines(effects) == ["call", "call"]
+    bad = await asyncio.to_thread(run_worker, migrated_dsn, run_id, RATLINE_DEFAULT_RETRY="[1]")
+    assert bad.returncode == 2
+    assert "RATLINE_DEFAULT_RETRY" in bad.stderr

@@ -49,3 +49,14 @@ async def napper(ctx: WorkflowContext, naps: int) -> int:
         await ctx.run(f"before-{i}", effect, f"before-{i}")
         await ctx.sleep(0.5)
     return naps
+
+
+def always_fails(name: str) -> None:
+    effect(name)
+    raise ConnectionError("upstream is down")
+
+
+@workflow(name="it-flaky")
+async def flaky(ctx: WorkflowContext, _: None) -> None:
+    """No retry policy in code: the Workflow's defaults decide the attempts."""
+    await ctx.run("call", always_fails, "call")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -203,3 +204,21 @@ def test_stuck_worker_is_recognised() -> None:
         "reason": "ContainerCreating"}}}]}  # fmt: skip
     assert pod_stuck({"status": creating}) is None
     assert pod_stuck({"status": {"phase": "Pending"}}) is None
+
+
+def test_workflow_default_retry_reaches_the_worker_as_json() -> None:
+    params = WorkerPodParams(
+        run_name="r",
+        run_uid="u",
+        namespace="ns",
+        workflow="wf",
+        image="img",
+        entrypoint="m:f",
+        attempt=1,
+        default_retry={"maxAttempts": 4, "initialInterval": "2s"},
+    )
+    env = {e["name"]: e for e in build_worker_pod(params)["spec"]["containers"][0]["env"]}
+    assert json.loads(env["RATLINE_DEFAULT_RETRY"]["value"]) == {
+        "initialInterval": "2s",
+        "maxAttempts": 4,
+    }

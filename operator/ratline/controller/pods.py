@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ RESERVED_ENV = frozenset(
         "RATLINE_WORKER_ID",
         "RATLINE_DSN",
         "RATLINE_ATTEMPT",
+        "RATLINE_DEFAULT_RETRY",
     }
 )
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -52,6 +54,7 @@ class WorkerPodParams:
     idle_threshold: float = 2.0
     command: Sequence[str] = ("python", "-m", "ratline.worker")
     pod_template: Mapping[str, Any] = field(default_factory=dict)
+    default_retry: Mapping[str, Any] | None = None  # Workflow.spec.defaults.retry
 
 
 def label_value(value: str) -> str:
@@ -103,6 +106,9 @@ def _env(params: WorkerPodParams) -> list[dict[str, Any]]:
             "valueFrom": {"secretKeyRef": {"name": params.dsn_secret, "key": params.dsn_key}},
         },
     ]
+    if params.default_retry:
+        retry = json.dumps(dict(params.default_retry), sort_keys=True)
+        ours.append({"name": "RATLINE_DEFAULT_RETRY", "value": retry})
     return user_env + ours
 
 

@@ -83,6 +83,7 @@ class Workers:
             idle_threshold=ctx.settings.idle_threshold,
             command=ctx.settings.worker_command,
             pod_template=wf_spec.get("podTemplate") or {},
+            default_retry=(wf_spec.get("defaults") or {}).get("retry") or None,
         )
         body = build_worker_pod(params)
         name = str(body["metadata"]["name"])

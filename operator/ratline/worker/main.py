@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import enum
+import json
 import logging
 import os
 import socket
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from ratline.engine import ExecutionOptions, activate, resolve_entrypoint
 from ratline.engine.activate import EntrypointError
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
+from ratline.sdk.retry import RetryPolicy
 from ratline.store import RunStatus, RunUpdate, Store, open_store
 
 log = logging.getLogger("ratline.worker")
@@ -42,6 +45,7 @@ class WorkerSettings:
     idle_threshold_s: float
     worker_id: str
     attempt: int
+    default_retry: RetryPolicy | None = None  # Workflow.spec.defaults.retry
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
@@ -68,7 +72,24 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         idle_threshold_s=args.idle_threshold,
         worker_id=args.worker_id,
         attempt=args.attempt,
+        default_retry=_default_retry(parser, env.get("RATLINE_DEFAULT_RETRY", "")),
     )
+
+
+def _default_retry(parser: argparse.ArgumentParser, raw: str) -> RetryPolicy | None:
+    """`RATLINE_DEFAULT_RETRY`: the Workflow's `spec.defaults.retry` as JSON."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return RetryPolicy(
+            max_attempts=int(data.get("maxAttempts", 3)),
+            initial_interval=data.get("initialInterval", "1s"),
+            backoff_coefficient=float(data.get("backoffCoefficient", 2.0)),
+            max_interval=data.get("maxInterval", "5m"),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        parser.error(f"$RATLINE_DEFAULT_RETRY is not a valid retry policy: {exc}")
 
 
 async def run_worker(settings: WorkerSettings, store: Store | None = None) -> ExitCode:
@@ -94,6 +115,8 @@ async def _advance(store: Store, settings: WorkerSettings) -> ExitCode:
         return ExitCode.USAGE
     try:
         spec = resolve_entrypoint(settings.entrypoint or run.entrypoint or run.workflow)
+        if spec.retry is None and settings.default_retry is not None:
+            spec = dataclasses.replace(spec, retry=settings.default_retry)
     except EntrypointError as exc:
         log.error("%s", exc)
         error = {"type": "EntrypointInvalid", "message": str(exc)}
