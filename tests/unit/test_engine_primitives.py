@@ -480,3 +480,25 @@ async def test_undo_steps_that_no_longer_match_history_block_the_run() -> None:
     handle.spec = ratline.sdk.spec_of(name)
     await handle.resume()
     assert handle.status is RunStatus.BLOCKED
+
+
+async def test_a_run_retried_from_a_step_draws_the_same_random_numbers() -> None:
+    from ratline.engine import activate
+    from ratline.store import NewEvent, NewRun
+    from ratline.store.memory import MemoryStore
+
+    @workflow(name=unique("dice"))
+    async def dice(ctx: WorkflowContext, _: None) -> list[Any]:
+        return [ctx.random().random(), str(ctx.uuid4())]
+
+    store = MemoryStore()
+    spec = ratline.sdk.spec_of(dice)
+    await store.create_run(NewRun(id="original", name="original", workflow=spec.name))
+    first = await activate(store, "original", owner="w", spec=spec)
+    await store.create_run(NewRun(id="retried", name="retried", workflow=spec.name))
+    lease = await store.acquire_lease("retried", "cli")
+    started = {"input": None, "workflow": spec.name, "retry_of": "original"}
+    await store.append(lease, [NewEvent(type=EventType.RUN_STARTED, payload=started)])
+    await store.release_lease(lease)
+    second = await activate(store, "retried", owner="w", spec=spec)
+    assert first.result == second.result

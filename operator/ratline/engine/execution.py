@@ -102,7 +102,10 @@ class Execution(WorkflowContext):
         for event in history:
             if event.type is EventType.STATE_SET and event.name is not None:
                 self._state[event.name] = event.payload.get("value")
-        self._rng = _random.Random(run.id)
+        seed = run.id  # a run retried from a step keeps the numbers of the run it copies
+        if history and history[0].type is EventType.RUN_STARTED:
+            seed = str(history[0].payload.get("retry_of") or run.id)
+        self._rng = _random.Random(seed)
         self._waiters: list[Waiter] = []
         self._promises: dict[str, PromiseState] = {}
         self._inbox_waiting: dict[str, InboxItem] = {}
