@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,9 @@ ORDER = {"order_id": "o-1", "amount": 10}
 
 
 @pytest.fixture
-async def store(migrated_dsn: str) -> AsyncIterator[PostgresStore]:
-    store = await PostgresStore.connect(migrated_dsn)
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    """The harness's open store on a migrated database, under a shorter name."""
+    return pg_store
 
 
 @pytest.fixture

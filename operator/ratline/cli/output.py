@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ratline.store.base import Event, EventType, RunRecord
+from ratline.store.base import COMMAND_KIND, Event, EventType, RunRecord
 
 FORMATS = ("table", "json", "yaml")
 PREVIEW = 60  # characters of a payload shown in a table cell
@@ -183,22 +183,6 @@ class TimelineEntry:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-_KIND = {
-    EventType.STEP_STARTED: "step",
-    EventType.STEP_COMPLETED: "step",
-    EventType.STEP_FAILED: "step",
-    EventType.TIMER_STARTED: "timer",
-    EventType.TIMER_FIRED: "timer",
-    EventType.PROMISE_CREATED: "promise",
-    EventType.PROMISE_RESOLVED: "promise",
-    EventType.PROMISE_REJECTED: "promise",
-    EventType.PROMISE_TIMED_OUT: "promise",
-    EventType.CHILD_STARTED: "child",
-    EventType.CHILD_COMPLETED: "child",
-    EventType.STATE_SET: "state",
-}
-
-
 def timeline(events: Sequence[Event]) -> list[TimelineEntry]:
     """Steps, timers, promises and children in command order, one entry each.
 
@@ -207,8 +191,8 @@ def timeline(events: Sequence[Event]) -> list[TimelineEntry]:
     """
     entries: dict[int, TimelineEntry] = {}
     for event in events:
-        kind = _KIND.get(event.type)
-        if kind is None or event.command_id is None:
+        kind = COMMAND_KIND.get(event.type)
+        if kind in (None, "marker") or event.command_id is None:
             continue
         entry = entries.get(event.command_id)
         if entry is None:

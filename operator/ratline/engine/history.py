@@ -12,24 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ratline.store.base import Event, EventType
-
-# The kind of command each event type belongs to, and which events resolve it.
-KIND_OF: dict[EventType, str] = {
-    EventType.STEP_COMPLETED: "step",
-    EventType.STEP_FAILED: "step",
-    EventType.STEP_STARTED: "step",
-    EventType.TIMER_STARTED: "timer",
-    EventType.TIMER_FIRED: "timer",
-    EventType.PROMISE_CREATED: "promise",
-    EventType.PROMISE_RESOLVED: "promise",
-    EventType.PROMISE_REJECTED: "promise",
-    EventType.PROMISE_TIMED_OUT: "promise",
-    EventType.STATE_SET: "state",
-    EventType.CHILD_STARTED: "child",
-    EventType.CHILD_COMPLETED: "child",
-    EventType.MARKER: "marker",
-}
+from ratline.store.base import COMMAND_KIND, Event, EventType
 
 
 @dataclass
@@ -95,14 +78,14 @@ class HistoryIndex:
         if not recorded:
             return "nothing"
         head = recorded[0]
-        return f"{KIND_OF.get(head.type, head.type.value)} {head.name!r}"
+        return f"{COMMAND_KIND.get(head.type, head.type.value)} {head.name!r}"
 
     def matches(self, command_id: int, kind: str, name: str) -> bool:
         recorded = self.by_command.get(command_id)
         if not recorded:
             return True
         head = recorded[0]
-        return KIND_OF.get(head.type) == kind and head.name == name
+        return COMMAND_KIND.get(head.type) == kind and head.name == name
 
     def payload(self, command_id: int, *types: EventType) -> dict[str, Any] | None:
         event = self.first(command_id, *types)

@@ -68,6 +68,24 @@ class EventType(enum.StrEnum):
     MARKER = "Marker"  # patched(), random seeds and other non-step decisions
 
 
+# The kind of command each command-level event belongs to (run-level events have none).
+COMMAND_KIND: dict[EventType, str] = {
+    EventType.STEP_COMPLETED: "step",
+    EventType.STEP_FAILED: "step",
+    EventType.STEP_STARTED: "step",
+    EventType.TIMER_STARTED: "timer",
+    EventType.TIMER_FIRED: "timer",
+    EventType.PROMISE_CREATED: "promise",
+    EventType.PROMISE_RESOLVED: "promise",
+    EventType.PROMISE_REJECTED: "promise",
+    EventType.PROMISE_TIMED_OUT: "promise",
+    EventType.STATE_SET: "state",
+    EventType.CHILD_STARTED: "child",
+    EventType.CHILD_COMPLETED: "child",
+    EventType.MARKER: "marker",
+}
+
+
 class InboxKind(enum.StrEnum):
     """What the operator (or CLI) delivers into a run from outside."""
 
