@@ -19,7 +19,17 @@ BUILD_SCRIPT = Path(__file__).with_name("build.sh")
 
 # tool -> (version variable in build.sh, binaries it provides)
 _TOOLS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "kubernetes": ("K8S_VERSION", ("kube-apiserver", "kube-controller-manager", "kubectl")),
+    "kubernetes": (
+        "K8S_VERSION",
+        (
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kubectl",
+            "kubelet",
+            "kube-proxy",
+            "kube-scheduler",
+        ),
+    ),
     "etcd": ("ETCD_VERSION", ("etcd",)),
     "helm": ("HELM_VERSION", ("helm",)),
 }

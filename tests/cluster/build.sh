@@ -16,12 +16,15 @@ command -v go >/dev/null 2>&1 || die "Go is not installed (needed to build kube-
 export GOFLAGS="-buildvcs=false -mod=mod"
 export CGO_ENABLED=0
 
+# The control plane's commands and the real node's (tests/cluster/node.py).
+K8S_CMDS=(kube-apiserver kube-controller-manager kubectl kubelet kube-proxy kube-scheduler)
+
 build_kubernetes() {
   local dest="$CACHE/kubernetes-$K8S_VERSION/bin"
-  if [[ -x "$dest/kube-apiserver" && -x "$dest/kube-controller-manager" && -x "$dest/kubectl" ]]; then
-    return 0
-  fi
-  echo "build.sh: building kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kubectl); the first build takes a while" >&2
+  local missing=() cmd
+  for cmd in "${K8S_CMDS[@]}"; do [[ -x "$dest/$cmd" ]] || missing+=("$cmd"); done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  echo "build.sh: building kubernetes $K8S_VERSION (${missing[*]}); the first build takes a while" >&2
   local work; work="$(mktemp -d)"
   local minor="${K8S_VERSION#v1.}"   # 35.4 -> staging modules are v0.35.4
   (
@@ -49,17 +52,11 @@ PY
       for m in $staging; do echo "	$m => $m v0.$minor"; done
       echo ")"
     } > go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for cmd in "${missing[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+      printf ')\n'
+    } > tools.go
     go mod tidy -e >/dev/null 2>&1 || true
     local date; date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     local ld=""
@@ -67,13 +64,15 @@ GO
       ld="$ld -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*}"
       ld="$ld -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
     done
-    mkdir -p "$dest.tmp"
-    go build -trimpath -ldflags "-s -w $ld" -o "$dest.tmp/" \
-      k8s.io/kubernetes/cmd/kube-apiserver \
-      k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kubectl
+    local pkgs=()
+    for cmd in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd"); done
+    mkdir -p out
+    go build -trimpath -ldflags "-s -w $ld" -o out/ "${pkgs[@]}"
   )
-  rm -rf "$dest"; mv "$dest.tmp" "$dest"; rm -rf "$work"
+  # Each binary lands whole or not at all: a cached one is never half written.
+  mkdir -p "$dest"
+  for cmd in "${missing[@]}"; do mv "$work/out/$cmd" "$dest/$cmd.tmp" && mv "$dest/$cmd.tmp" "$dest/$cmd"; done
+  rm -rf "$work"
 }
 
 build_etcd() {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class Pki:
     kubelet_client: CertPair
     kubelet_serving: CertPair
     apiserver_kubelet_client: CertPair
+    kube_proxy: CertPair  # system:kube-proxy (the real node's kube-proxy)
     service_account_key: Path  # RSA private key: signs tokens (controller manager, apiserver)
     service_account_pub: Path  # its public half: verifies tokens (apiserver)
 
@@ -141,19 +143,24 @@ def _make_service_account_keys(directory: Path) -> tuple[Path, Path]:
     return key, pub
 
 
-def generate_pki(directory: Path, node_name: str) -> Pki:
-    """Create (or overwrite) the whole PKI in `directory`; leaves run in parallel."""
+def generate_pki(directory: Path, node_name: str, extra_ips: Sequence[str] = ()) -> Pki:
+    """Create (or overwrite) the whole PKI in `directory`; leaves run in parallel.
+
+    `extra_ips` are added to the API server's and the kubelet's serving certificates: the
+    real node reaches the API server, and the API server its kubelet, on those addresses."""
     directory.mkdir(parents=True, exist_ok=True)
-    local = ("IP:127.0.0.1", "DNS:localhost")
+    extra = tuple(f"IP:{ip}" for ip in extra_ips)
+    local = ("IP:127.0.0.1", "DNS:localhost", *extra)
     node = f"system:node:{node_name}"
     leaves = (
-        _Leaf("apiserver", "kube-apiserver", "serverAuth", sans=APISERVER_SANS),
+        _Leaf("apiserver", "kube-apiserver", "serverAuth", sans=(*APISERVER_SANS, *extra)),
         _Leaf("admin", "ratline-admin", "clientAuth", "system:masters"),
         _Leaf("controller-manager", "system:kube-controller-manager", "clientAuth"),
         _Leaf("scheduler", "system:kube-scheduler", "clientAuth"),
         _Leaf("kubelet-client", node, "clientAuth", "system:nodes"),
         _Leaf("kubelet-serving", node, "serverAuth", sans=(*local, f"DNS:{node_name}")),
         _Leaf("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "clientAuth"),
+        _Leaf("kube-proxy", "system:kube-proxy", "clientAuth"),
     )
     with ThreadPoolExecutor(max_workers=4) as pool:
         sa = pool.submit(_make_service_account_keys, directory)  # RSA: the slow one, start first
@@ -170,6 +177,7 @@ def generate_pki(directory: Path, node_name: str) -> Pki:
         kubelet_client=pairs["kubelet-client"],
         kubelet_serving=pairs["kubelet-serving"],
         apiserver_kubelet_client=pairs["apiserver-kubelet-client"],
+        kube_proxy=pairs["kube-proxy"],
         service_account_key=sa_key,
         service_account_pub=sa_pub,
     )

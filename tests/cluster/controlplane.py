@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import node_net
 from tests.cluster.binaries import require
 from tests.cluster.certs import CertPair, Pki, generate_pki
 from tests.cluster.cp_processes import (
@@ -53,6 +54,7 @@ from tests.cluster.cp_processes import (
 # `controlplane.free_port`, which `_with_free_ports` looks up here.
 from tests.cluster.cp_processes import ControlPlaneError as ControlPlaneError
 from tests.cluster.cp_processes import free_port as free_port
+from tests.cluster.node import RealNode, build_images
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_NAME = "ratline-node"
@@ -109,6 +111,7 @@ class ControlPlane:
         *,
         node_name: str = NODE_NAME,
         kubelet: bool = True,
+        real_node: bool = False,
         die_with_parent: bool = True,
         python: Path | None = None,
         crds: Sequence[Path] = (),
@@ -120,6 +123,8 @@ class ControlPlane:
         self.crds = [file for path in crds for file in _yaml_files(path)]
         self.node_name = node_name
         self.with_kubelet = kubelet
+        self.real_node = real_node  # containerd + kubelet + kube-proxy + scheduler (node.py)
+        self.slot: node_net.Slot | None = None
         self.die_with_parent = die_with_parent
         self.python = python or default_python()
         self.kubeconfig = self.state_dir / "kubeconfig"
@@ -154,8 +159,15 @@ class ControlPlane:
         for directory in (self.state_dir, self.log_dir, self.pod_dir, self.bin_dir):
             directory.mkdir(parents=True, exist_ok=True)
         try:
+            extra_ips: tuple[str, ...] = ()
+            if self.real_node:
+                images = build_images()  # cached: seconds unless an input changed
+                self.slot = node_net.acquire()
+                extra_ips = (self.slot.host_ip, self.slot.node_ip)
             with ThreadPoolExecutor(1) as pool:  # etcd needs no certificates: overlap the two
-                pki_future = pool.submit(generate_pki, self.state_dir / "pki", self.node_name)
+                pki_future = pool.submit(
+                    generate_pki, self.state_dir / "pki", self.node_name, extra_ips
+                )
                 etcd_url = self._start_etcd()
                 self._pki = pki = pki_future.result()
             self._mark("etcd+pki", began)
@@ -165,7 +177,11 @@ class ControlPlane:
             if self.crds:
                 self._install_crds()
                 self._mark("crds", began)
-            kubelet = self._spawn_kubelet(pki) if self.with_kubelet else None
+            kubelet: Component | None = None
+            if self.real_node:
+                kubelet = self._start_real_node(pki, images)
+            else:
+                kubelet = self._spawn_kubelet(pki) if self.with_kubelet else None
             self._start_controller_manager(pki)
             self._mark("kube-controller-manager", began)
             if kubelet is not None:
@@ -186,7 +202,10 @@ class ControlPlane:
         while self._components:
             component = self._components.pop()
             stop_process(component.proc, component.grace)
-        if self.with_kubelet and self.pod_dir.exists():
+        if self.slot is not None:
+            node_net.release(self.slot)  # its containers, cgroups, bridge and namespaces
+            self.slot = None
+        elif self.with_kubelet and self.pod_dir.exists():
             from tests.cluster.kubelet import kill_pod_processes
 
             kill_pod_processes(self.pod_dir)
@@ -258,10 +277,14 @@ class ControlPlane:
         return f"http://127.0.0.1:{ports[0]}"
 
     def _start_apiserver(self, pki: Pki, etcd_url: str) -> None:
+        # The real node's pods and kubelet reach it on the host end of the node's veth.
+        bind = "0.0.0.0" if self.slot else "127.0.0.1"
+        advertise = self.slot.host_ip if self.slot else "127.0.0.1"
+
         def argv(ports: list[int]) -> list[str]:
             return [
                 str(self._bins["kube-apiserver"]), f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--bind-address={bind}", f"--advertise-address={advertise}",
                 f"--secure-port={ports[0]}", f"--cert-dir={self.state_dir / 'apiserver'}",
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
@@ -344,6 +367,27 @@ class ControlPlane:
         component = self._spawn("kubelet", argv, env)
         component.grace = 20.0  # it stops its pods first (at most 5 s each, in parallel)
         return component
+
+    def _start_real_node(self, pki: Pki, images: Path) -> Component:
+        """containerd (images imported), kubelet, kube-proxy and kube-scheduler."""
+        assert self.slot is not None
+        node = RealNode(self.state_dir, self.node_name, self.slot, self._spawn)
+        node.start_containerd()
+        node.import_images(images)
+        server = self.server.replace("127.0.0.1", self.slot.host_ip)
+        configs = {
+            name: write_kubeconfig(self.state_dir / f"{name}.kubeconfig", url, pki.ca.cert,
+                                   pair, user)
+            for name, url, pair, user in (
+                ("kubelet", server, pki.kubelet_client, f"system:node:{self.node_name}"),
+                ("kube-proxy", server, pki.kube_proxy, "system:kube-proxy"),
+                ("scheduler", self.server, pki.scheduler, "system:kube-scheduler"),
+            )
+        }  # fmt: skip
+        kubelet = node.start_kubelet(configs["kubelet"], pki)
+        node.start_proxy(configs["kube-proxy"])
+        node.start_scheduler(configs["scheduler"])
+        return kubelet
 
     def _wait_node_ready(self, kubelet: Component) -> None:
         def node_ready() -> None:
@@ -431,17 +475,22 @@ def _yaml_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.yaml")) if path.is_dir() else [path]
 
 
-def _serve(state: Path, node: str, crds: Sequence[Path]) -> int:
+def _serve(state: Path, node: str, crds: Sequence[Path], real: bool) -> int:
     """Foreground: run the control plane until SIGTERM/SIGINT (what `up` detaches)."""
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
     pid_file.write_text(str(os.getpid()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # a handler, not a mask: children inherit masks
         signal.signal(sig, lambda *_: stop.set())
-    plane = ControlPlane(state, node_name=node, crds=crds)
+    plane = ControlPlane(state, node_name=node, crds=crds, real_node=real)
     try:
         plane.start()
-        info = {"server": plane.server, "pids": plane.pids, "timings": plane.timings}
+        info = {
+            "server": plane.server,
+            "pids": plane.pids,
+            "timings": plane.timings,
+            "host_ip": plane.slot.host_ip if plane.slot else None,  # pods reach the host here
+        }
         ready_file.write_text(json.dumps(info))
         print(f"control plane ready in {plane.start_seconds:.1f}s: {info}", flush=True)
         while not stop.wait(1.0):
@@ -453,7 +502,7 @@ def _serve(state: Path, node: str, crds: Sequence[Path]) -> int:
     return 0
 
 
-def _up(state: Path, node: str, crds: Sequence[Path], timeout: float) -> int:
+def _up(state: Path, node: str, crds: Sequence[Path], timeout: float, real: bool) -> int:
     state.mkdir(parents=True, exist_ok=True)
     pid_file, ready_file = state / "controlplane.pid", state / "ready"
     if pid_alive(pid_file) is None:
@@ -463,7 +512,8 @@ def _up(state: Path, node: str, crds: Sequence[Path], timeout: float) -> int:
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.cluster.controlplane", "serve", "--state", str(state),
-                 "--node", node, *(f"--crd={crd}" for crd in crds)],
+                 "--node", node, *(f"--crd={crd}" for crd in crds),
+                 *(["--real-node"] if real else [])],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=REPO_ROOT, start_new_session=True,
             )  # fmt: skip
@@ -512,14 +562,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--crd", type=Path, action="append", default=[],
         help="CRD file or directory of *.yaml to install before the controllers start (repeatable)",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--real-node", action="store_true",
+        help="a containerd node (node.py) instead of the process kubelet",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=900.0)  # a first image build
     args = parser.parse_args(argv)
     state: Path = args.state.resolve()
     crds = [crd.resolve() for crd in args.crd]
     if args.command == "serve":
-        return _serve(state, args.node, crds)
+        return _serve(state, args.node, crds, args.real_node)
     if args.command == "up":
-        return _up(state, args.node, crds, args.timeout)
+        return _up(state, args.node, crds, args.timeout, args.real_node)
     return _down(state, args.timeout)
 
 

@@ -1,14 +1,18 @@
 """`make demo` / `make down`: a local Ratline installation with an example run.
 
-`up` starts the local control plane (with the process kubelet), a private
-Postgres and the operator, applies the CRDs and the `hello` example, and
-prints `kubectl get workflowruns` as the run progresses until it succeeds.
-Everything stays up (with a kubeconfig to poke at) until `down`.
+`up` starts the local control plane on the real node (containerd, kubelet,
+kube-proxy, kube-scheduler; the images built by `worker-image/build.sh`), a
+private Postgres the pods reach, installs the Helm chart (the operator runs
+from its image, Pod Security `restricted` enforced in the namespace), applies
+the `hello` example (its worker runs from the examples image) and prints
+`kubectl get workflowruns` as the run progresses until it succeeds. Everything
+stays up (with a kubeconfig to poke at) until `down`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +24,8 @@ from tests.cluster.binaries import MissingBinaryError, bin_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello"
+CHART = REPO / "charts" / "ratline"
+NAMESPACE = "default"
 RUN_NAME = "hello-world"
 
 
@@ -42,8 +48,7 @@ class Demo:
         self.cluster = self.state / "cluster"
         self.pg = self.state / "pg"
         self.kubeconfig = self.cluster / "kubeconfig"
-        self.operator_pid = self.state / "operator.pid"
-        self.operator_log = self.state / "operator.log"
+        self.operator_pid = self.state / "operator.pid"  # demos before the real node
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -65,20 +70,37 @@ class Demo:
 
     def up(self, timeout_s: float) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
-        step("starting the local control plane (etcd, kube-apiserver, controller-manager, kubelet)")
-        _python("-m", "tests.cluster.controlplane", "up", "--state", str(self.cluster))
-        step("starting a private Postgres")
+        step(
+            "building the images (worker-image/build.sh, cached) and starting the control plane "
+            "with a real node (etcd, kube-apiserver, controller-manager, scheduler, containerd, "
+            "kubelet, kube-proxy)"
+        )
+        _python(
+            "-m", "tests.cluster.controlplane", "up", "--real-node", "--state", str(self.cluster)
+        )
+        host_ip = json.loads((self.cluster / "ready").read_text())["host_ip"]
+        step(f"starting a private Postgres (also on {host_ip}, where pods reach the host)")
         self.pg.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state, 0o755)  # the postgres OS user must reach its data dir
-        dsn = _python("-m", "tests.cluster.pg", "up", "--state", str(self.pg)).strip()
-        step("installing the CRDs and the database Secret")
-        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        dsn = _python(
+            "-m", "tests.cluster.pg", "up", "--state", str(self.pg),
+            "--listen", f"127.0.0.1,{host_ip}", "--client-network", "172.30.0.0/16",
+        ).strip()  # fmt: skip
+        pod_dsn = dsn.replace("127.0.0.1", host_ip)
+        step(f"namespace {NAMESPACE}: Pod Security `restricted`, the database Secret")
+        self.kubectl(
+            "label", "--overwrite", "namespace", NAMESPACE,
+            "pod-security.kubernetes.io/enforce=restricted",
+        )  # fmt: skip
         self.kubectl("delete", "secret", "ratline-db", "--ignore-not-found")
-        self.kubectl("create", "secret", "generic", "ratline-db", f"--from-literal=dsn={dsn}")
-        step(f"starting the operator (log: {self.operator_log})")
-        self._start_operator(dsn)
-        step("applying examples/hello (Workflow + WorkflowRun)")
+        self.kubectl("create", "secret", "generic", "ratline-db", f"--from-literal=dsn={pod_dsn}")
+        step("helm install ratline charts/ratline (the operator from ghcr.io/ratline/operator)")
+        self.helm(
+            "upgrade", "--install", "ratline", str(CHART), "-n", NAMESPACE,
+            "--set", "database.existingSecret=ratline-db", "--set", "rbac.scope=namespace",
+            "--wait", "--timeout", "300s",
+        )  # fmt: skip
+        step("applying examples/hello (Workflow + WorkflowRun; the worker from the examples image)")
         self.kubectl("delete", "workflowrun", RUN_NAME, "--ignore-not-found", "--wait=true")
         self.kubectl("apply", "-f", str(EXAMPLE / "workflow.yaml"), "-f", str(EXAMPLE / "run.yaml"))
         self._watch(timeout_s)
@@ -88,27 +110,18 @@ class Demo:
         print("kubectl get workflowruns       # try the other examples in examples/")
         print("make down                      # stops everything")
 
-    def _start_operator(self, dsn: str) -> None:
-        self._stop_operator()
-        log = self.operator_log.open("ab")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ratline.controller",
-                "--dsn",
-                dsn,
-                "--standalone",
-                "--metrics-port",
-                "0",
-            ],
-            cwd=REPO,
+    def helm(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(bin_dirs().path("helm")), *args],
             env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
         )
-        self.operator_pid.write_text(str(proc.pid))
+        if done.returncode != 0:
+            raise DemoError(f"helm {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
 
     def _watch(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -121,13 +134,16 @@ class Demo:
             phase = self.kubectl(
                 "get", "workflowrun", RUN_NAME, "-o", "jsonpath={.status.phase}", check=False
             )
-            if phase == "Succeeded":
-                return
-            if phase in ("Failed", "Cancelled", "TimedOut"):
-                raise DemoError(f"the example run ended {phase}; see {self.operator_log}")
+            if phase in ("Succeeded", "Failed", "Cancelled", "TimedOut"):
+                final = self.kubectl("get", "workflowruns", check=False)
+                if final and final != last:  # the last table shows the final row
+                    print(final.rstrip(), flush=True)
+                if phase == "Succeeded":
+                    return
+                raise DemoError(f"the example run ended {phase}; see `kubectl logs deploy/ratline`")
             time.sleep(0.5)
         raise DemoError(
-            f"the example run did not finish in {timeout_s:g}s; see {self.operator_log}"
+            f"the example run did not finish in {timeout_s:g}s; see `kubectl logs deploy/ratline`"
         )
 
     def _stop_operator(self) -> None:

@@ -146,14 +146,14 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     with cluster.api_client() as api:
         core = k8s_client.CoreV1Api(api)
         core.create_namespace(k8s_client.V1Namespace(metadata=k8s_client.V1ObjectMeta(name=name)))
-        _wait_for_default_service_account(core, name)
+        wait_for_default_service_account(core, name)
         try:
             yield name
         finally:
             core.delete_namespace(name, propagation_policy="Background")
 
 
-def _wait_for_default_service_account(core: Any, namespace: str, timeout: float = 30) -> None:
+def wait_for_default_service_account(core: Any, namespace: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

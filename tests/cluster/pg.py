@@ -99,6 +99,7 @@ class PostgresServer:
         settings: Mapping[str, str] | None = None,
         bin_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: int = 60,
+        client_networks: Sequence[str] = (),
     ) -> None:
         """`port=None` picks a free port (retried if taken at start); `settings` are
         extra postgresql.conf entries, e.g. `FAST_UNSAFE_SETTINGS` for tests only."""
@@ -112,6 +113,9 @@ class PostgresServer:
         self.settings = dict(settings or {})
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self.start_timeout_s = start_timeout_s
+        # CIDRs beyond loopback allowed in (trust auth), e.g. the real node's pods, which
+        # also needs `listen_addresses` in `settings`.
+        self.client_networks = tuple(client_networks)
         self._as_root = os.geteuid() == 0
 
     # -- public API -----------------------------------------------------------------------
@@ -302,6 +306,12 @@ class PostgresServer:
         text = "".join(f"{key} = {_conf_value(value)}\n" for key, value in entries.items())
         conf = self.pgdata / "ratline.conf"
         conf.write_text(text)
+        hba = self.pgdata / "pg_hba.conf"  # this start's client networks replace the last's
+        marker = "# ratline client networks\n"
+        kept = hba.read_text().split(marker)[0]
+        hba.write_text(
+            kept + marker + "".join(f"host all all {n} trust\n" for n in self.client_networks)
+        )
         if self._as_root:
             pw = pwd.getpwnam(_PG_USER)
             os.chown(conf, pw.pw_uid, pw.pw_gid)
@@ -375,8 +385,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state", required=True, help="directory that holds the server")
     parser.add_argument("--port", type=int, default=None, help="fixed port (default: free one)")
+    parser.add_argument(
+        "--listen", default="127.0.0.1", help="listen_addresses (e.g. add the real node's host IP)"
+    )
+    parser.add_argument(
+        "--client-network", action="append", default=[], help="CIDR allowed in (repeatable)"
+    )
     args = parser.parse_args(argv)
-    server = PostgresServer(args.state, port=args.port)
+    server = PostgresServer(
+        args.state,
+        port=args.port,
+        settings={"listen_addresses": args.listen},
+        client_networks=args.client_network,
+    )
     try:
         if args.command == "up":
             server.start()

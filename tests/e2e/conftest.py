@@ -28,6 +28,14 @@ import yaml
 
 from tests.cluster.binaries import require
 
+# The real node's session cluster and its Postgres (test_real_node*.py).
+from tests.cluster.real_node_fixtures import (  # noqa: F401
+    real_cluster,
+    real_db,
+    real_namespace,
+    real_postgres,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS = REPO_ROOT / "crds"
 E2E_LOG_ENV = "RATLINE_E2E_LOG"
