@@ -8,15 +8,15 @@ PY := $(VENV)/bin/python
 STATE := .ratline/demo
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help setup deps sysdeps binaries lint typecheck chart-lint test test-unit test-integration test-e2e demo down bench clean
+.PHONY: help setup deps sysdeps binaries images lint typecheck chart-lint test test-unit test-integration test-e2e demo down bench clean
 
 help:
-	@echo "make demo   - local control plane + Postgres + operator, runs an example to completion"
+	@echo "make demo   - local cluster on a containerd node + Postgres + the chart, runs an example to completion"
 	@echo "make test   - installs what is missing, then ruff, mypy, import contracts and pytest"
 	@echo "make down   - stops what make demo started"
 	@echo "make bench  - benchmarks (Ratline vs DBOS) into bench/results/"
 
-setup: deps sysdeps binaries
+setup: deps sysdeps binaries images
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is required ($(PYTHON) not found)"; exit 1; }
@@ -33,6 +33,10 @@ sysdeps:
 
 binaries:
 	@bash tests/cluster/build.sh etcd helm kubernetes
+
+# operator, worker, examples, e2e and pause images for the real node (cached by content hash)
+images: sysdeps
+	@bash worker-image/build.sh >/dev/null
 
 lint: deps
 	$(VENV)/bin/ruff check operator tests bench examples
