@@ -41,9 +41,9 @@ class NodeNetError(RuntimeError):
     """The host could not give the node what it needs; the message names the command."""
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A host command; with `check`, a failure raises with its stderr."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=60)
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=timeout)
     if check and done.returncode != 0:
         raise NodeNetError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
     return done
@@ -236,7 +236,8 @@ def sweep(slot: Slot) -> None:
         with contextlib.suppress(OSError):
             group.rmdir()
     for directory in (slot.var_dir, slot.run_dir):
-        run("rm", "-rf", "--one-file-system", str(directory), check=False)
+        # Gigabytes of unpacked image layers: slow on a busy disk.
+        run("rm", "-rf", "--one-file-system", str(directory), check=False, timeout=900)
     if (NETNS_DIR / slot.netns).exists():
         run("ip", "netns", "delete", slot.netns, check=False)
     run("ip", "link", "delete", slot.host_veth, check=False)

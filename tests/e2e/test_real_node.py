@@ -9,6 +9,7 @@ shares the session's real-node cluster (`real_cluster`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -123,7 +124,7 @@ def test_worker_sandbox_uid_readonly_root_no_token(
     node_kubectl.apply(run_manifest("who", "whoami", {}))
     status = node_kubectl.wait_phase("who", "Succeeded", "Failed", timeout=240)
     assert status["phase"] == "Succeeded", status
-    result = status["result"]
+    result = json.loads(status["result"])
     assert result["uid"] == 65532
     assert result["gid"] == 65532
     assert result["root_writable"] is False
@@ -168,7 +169,7 @@ def test_worker_sigkilled_by_host_pid_is_replaced_without_repeating_steps(
     host_dsn, _ = real_db
     key = unique("kill")
     node_kubectl.apply(workflow_manifest("steps", f"{FLOWS}:steps", **worker_spec()))
-    node_kubectl.apply(run_manifest("killed", "steps", {"key": key, "steps": 4, "step_seconds": 3}))
+    node_kubectl.apply(run_manifest("killed", "steps", {"key": key, "steps": 3, "step_seconds": 8}))
     wait_for(
         "step 2 to start",
         lambda: (2, "start") in effects(host_dsn, key),
@@ -178,17 +179,23 @@ def test_worker_sigkilled_by_host_pid_is_replaced_without_repeating_steps(
     container = wait_for(
         "a running worker container", lambda: running_container(node_kubectl, "killed")
     )
+    (first_pod,) = node_kubectl.live_worker_pods("killed")
     os.kill(host_pid(real_cluster, container), signal.SIGKILL)
+    at_kill = effects(host_dsn, key)
+    done_before = {step for step, op in at_kill if op == "end"}
+    (cut,) = {step for step, op in at_kill if op == "start"} - done_before  # the step cut off
 
     status = node_kubectl.wait_phase("killed", "Succeeded", "Failed", timeout=300)
     assert status["phase"] == "Succeeded", status
-    assert status["result"] == {"total": 10}
+    assert json.loads(status["result"]) == {"total": 6}
     rows = effects(host_dsn, key)
-    ends = [step for step, op in rows if op == "end"]
-    assert sorted(ends) == [1, 2, 3, 4], rows  # every step completed exactly once
-    assert rows.count((1, "start")) == 1, rows  # step 1 had completed: never re-run
-    assert rows.count((2, "start")) == 2, rows  # step 2 was cut off and ran again
-    assert len(node_kubectl.worker_pods("killed")) >= 2
+    assert sorted(step for step, op in rows if op == "end") == [1, 2, 3], rows  # each once
+    for step in done_before:
+        assert rows.count((step, "start")) == 1, rows  # completed: never ran again
+    assert rows.count((cut, "start")) == 2, rows  # cut off mid-step: ran again, once
+    # The killed pod's exit was seen and a new pod finished the run.
+    assert status["lastExit"]["pod"] == first_pod["metadata"]["name"], status
+    assert status["retries"] >= 1, status
 
 
 def test_worker_over_its_memory_limit_is_oomkilled_and_the_run_recovers(
@@ -201,15 +208,9 @@ def test_worker_over_its_memory_limit_is_oomkilled_and_the_run_recovers(
     node_kubectl.apply(run_manifest("hungry", "hog", {"key": key, "mebibytes": 400}))
     status = node_kubectl.wait_phase("hungry", "Succeeded", "Failed", timeout=300)
     assert status["phase"] == "Succeeded", status
-    assert status["result"] == "recovered"
+    assert status["result"] == "recovered"  # a string result is shown as is
     assert effects(host_dsn, key).count((1, "hog")) == 2
-    assert status["lastExit"]["reason"] == "OOMKilled", status
-    reasons = [
-        cs.get("state", {}).get("terminated", {}).get("reason")
-        for pod in node_kubectl.worker_pods("hungry")
-        for cs in pod.get("status", {}).get("containerStatuses") or []
-    ]
-    assert "OOMKilled" in reasons, reasons
+    assert status["lastExit"]["reason"] == "OOMKilled", status  # the kernel's verdict, via the kubelet
 
 
 def test_image_not_on_the_node_gives_a_clear_condition(
