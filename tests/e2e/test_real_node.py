@@ -210,7 +210,7 @@ def test_worker_over_its_memory_limit_is_oomkilled_and_the_run_recovers(
     assert status["phase"] == "Succeeded", status
     assert status["result"] == "recovered"  # a string result is shown as is
     assert effects(host_dsn, key).count((1, "hog")) == 2
-    assert status["lastExit"]["reason"] == "OOMKilled", status  # the kernel's verdict, via the kubelet
+    assert status["lastExit"]["reason"] == "OOMKilled", status  # the kernel, via the kubelet
 
 
 def test_image_not_on_the_node_gives_a_clear_condition(
