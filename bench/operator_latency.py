@@ -1,9 +1,12 @@
 """Operator latency and throughput on the local control plane (a benchmark, not a test).
 
-`python -m bench.operator_latency` starts a private control plane (process
-kubelet), a private Postgres and the operator (a subprocess, default settings
-except the namespace), then measures with the API's own watch streams, all on
-this process's clock:
+`python -m bench.operator_latency` starts a private control plane, a private
+Postgres and the operator (a subprocess, default settings except the
+namespace), then measures with the API's own watch streams, all on this
+process's clock. It does so on the real node (`--node real`: containerd, each
+worker a container from the `ratline-e2e:local` image), on the process kubelet
+(`--node process`: each worker a local Python process), or both side by side
+(the default):
 
 - apply -> worker pod created (p50/p99 over `--latency-runs` hello runs);
 - worker pod exit reported -> run status final (negative: the status was
@@ -84,6 +87,7 @@ class Observer:
         self.lock = threading.Lock()
         self.pod_added: dict[str, float] = {}  # pod name -> first seen
         self.pod_exited: dict[str, float] = {}  # pod name -> exit first reported
+        self.pod_running: dict[str, float] = {}  # pod name -> worker container first running
         self.phase_at: dict[tuple[str, str], float] = {}  # (run, phase) -> first seen
         self.stop = threading.Event()
         self.threads = [
@@ -115,6 +119,8 @@ class Observer:
             with self.lock:
                 self.pod_added.setdefault(name, now)
                 for status in pod.status.container_statuses or []:
+                    if status.state and (status.state.running or status.state.terminated):
+                        self.pod_running.setdefault(name, now)
                     if status.state and status.state.terminated:
                         self.pod_exited.setdefault(name, now)
 
@@ -189,37 +195,45 @@ class OperatorProc:
 
 
 @contextmanager
-def environment(work: Path) -> Iterator[tuple[ControlPlane, str]]:
-    """A control plane (with the CRDs) and a migrated Postgres database."""
-    pg = PostgresServer(work / "pg")
-    pg.start()
-    try:
-        dsn = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
-        with ControlPlane(work / "kube", crds=[ROOT / "crds"]) as plane:
-            yield plane, dsn
-    finally:
-        pg.stop()
+def environment(work: Path, real: bool) -> Iterator[tuple[ControlPlane, str, str]]:
+    """A control plane (with the CRDs) and a Postgres database: (plane, DSN, DSN for pods)."""
+    with ControlPlane(work / "kube", crds=[ROOT / "crds"], real_node=real) as plane:
+        host_ip = plane.slot.host_ip if plane.slot else "127.0.0.1"
+        pg = PostgresServer(
+            work / "pg",
+            settings={"listen_addresses": f"127.0.0.1,{host_ip}" if real else "127.0.0.1"},
+            client_networks=["172.30.0.0/16"] if real else [],
+        )
+        pg.start()
+        try:
+            dsn = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+            yield plane, dsn, dsn.replace("127.0.0.1", host_ip)
+        finally:
+            pg.stop()
 
 
-def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, work: Path, real: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with environment(work) as (plane, dsn):
+    started = time.monotonic()
+    with environment(work, real) as (plane, dsn, pod_dsn):
+        results["cluster_start_seconds"] = round(time.monotonic() - started, 1)
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))  # type: ignore[no-untyped-call]
         core: Any = client.CoreV1Api(api)
         custom = client.CustomObjectsApi(api)
         ns = "bench"
         core.create_namespace({"metadata": {"name": ns}})
         core.create_namespaced_secret(
-            ns, {"metadata": {"name": "ratline-db"}, "stringData": {"dsn": dsn}}
+            ns, {"metadata": {"name": "ratline-db"}, "stringData": {"dsn": pod_dsn}}
         )
-        log_path = work / "effects.jsonl"
-        env = [{"name": "RATLINE_E2E_LOG", "value": str(log_path)}]
+        log_path = work / "effects.jsonl"  # containers cannot reach it: no effects log there
+        env = [] if real else [{"name": "RATLINE_E2E_LOG", "value": str(log_path)}]
+        image = "ratline-e2e:local" if real else "bench"
         for name, entry, conc in (("hello", HELLO, args.parallel), ("gate", GATE, 0)):
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "Workflow",
                 "metadata": {"name": name},
-                "spec": {"image": "bench", "entrypoint": entry, "concurrency": conc,
+                "spec": {"image": image, "entrypoint": entry, "concurrency": conc,
                          "podTemplate": {"env": env}},
             }  # fmt: skip
             custom.create_namespaced_custom_object(GROUP, VERSION, ns, "workflows", body)
@@ -246,7 +260,7 @@ def _seen(observer: Observer, run: str, phase: str, exited_pod: str | None) -> b
 
 def latency(custom: Any, observer: Observer, ns: str, count: int) -> dict[str, Any]:
     """One hello run at a time: apply -> pod, pod exit -> final status."""
-    to_pod, exit_to_status, apply_to_done = [], [], []
+    to_pod, to_running, exit_to_status, apply_to_done = [], [], [], []
     for i in range(count):
         name = f"lat-{i}"
         started = time.monotonic()
@@ -257,10 +271,12 @@ def latency(custom: Any, observer: Observer, ns: str, count: int) -> dict[str, A
         observer.wait(f"{name} done", partial(_seen, observer, name, "Succeeded", pod), 120)
         with observer.lock:
             to_pod.append(observer.pod_added[pod] - started)
+            to_running.append(observer.pod_running[pod] - started)
             exit_to_status.append(observer.phase_at[(name, "Succeeded")] - observer.pod_exited[pod])
             apply_to_done.append(observer.phase_at[(name, "Succeeded")] - started)
     return {
         "apply_to_pod": summary(to_pod),
+        "apply_to_running": summary(to_running),
         "pod_exit_to_final_status": summary(exit_to_status),
         "apply_to_succeeded": summary(apply_to_done),
     }
@@ -322,36 +338,53 @@ def batch(
     }
 
 
-def render(results: dict[str, Any], args: argparse.Namespace) -> str:
-    lat, sig, bat = results["latency"], results["signal"], results["batch"]
+NODES = {"real": "real node (containerd)", "process": "process kubelet"}
 
-    def row(label: str, s: dict[str, float]) -> str:
-        return f"| {label} | {s['n']} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_ms']} |"
 
-    return "\n".join(
-        [
-            "# Operator latency and throughput",
-            "",
-            f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}. Local control plane with the process kubelet "
-            "(each worker pod is a local Python process), private Postgres, operator with "
-            "default settings (`--status-interval 1`). Produced by "
-            "`python -m bench.operator_latency`.",
-            "",
-            "| measure | n | p50 ms | p99 ms | mean ms |",
-            "|---|---|---|---|---|",
-            row("apply -> worker pod created", lat["apply_to_pod"]),
-            row("worker pod exit reported -> status final", lat["pod_exit_to_final_status"]),
-            row("apply -> status Succeeded (3 steps)", lat["apply_to_succeeded"]),
-            row("signal patch -> new worker pod", sig["signal_to_new_pod"]),
-            row("signal patch -> status Succeeded", sig["signal_to_succeeded"]),
-            "",
-            f"Batch: {bat['runs']} three-step runs applied at once (Workflow concurrency "
-            f"{bat['parallel_pods']} worker pods): {bat['succeeded']} Succeeded in "
+def render(all_results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    nodes = [n for n in ("real", "process") if n in all_results]
+
+    def cells(n: str, section: str, key: str) -> str:
+        s = all_results[n][section][key]
+        return f"{s['n']} | {s['p50_ms']} | {s['p99_ms']}"
+
+    def row(label: str, section: str, key: str) -> str:
+        return f"| {label} | " + " | ".join(cells(n, section, key) for n in nodes) + " |"
+
+    head = " | ".join(f"{NODES[n]}: n | p50 ms | p99 ms" for n in nodes)
+    lines = [
+        "# Operator latency and throughput",
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}. Local control plane; the real node runs each worker "
+        "pod as a containerd container (image `ratline-e2e:local`), the process kubelet as a "
+        "local Python process. Private Postgres, operator with default settings "
+        "(`--status-interval 1`). Produced by `python -m bench.operator_latency`.",
+        "",
+        f"| measure | {head} |",
+        "|---|" + "---|---|---|" * len(nodes),
+        row("apply -> worker pod created", "latency", "apply_to_pod"),
+        row("apply -> worker pod Running", "latency", "apply_to_running"),
+        row("worker pod exit reported -> status final", "latency", "pod_exit_to_final_status"),
+        row("apply -> status Succeeded (3 steps)", "latency", "apply_to_succeeded"),
+        row("signal patch -> new worker pod", "signal", "signal_to_new_pod"),
+        row("signal patch -> status Succeeded", "signal", "signal_to_succeeded"),
+        "",
+    ]
+    for n in nodes:
+        bat = all_results[n]["batch"]
+        lines += [
+            f"Batch on the {NODES[n]}: {bat['runs']} three-step runs applied at once (Workflow "
+            f"concurrency {bat['parallel_pods']} worker pods): {bat['succeeded']} Succeeded in "
             f"{bat['wall_seconds']} s ({bat['runs_per_second']} runs/s; applying took "
             f"{bat['apply_seconds']} s). Operator: {bat['operator_cpu_seconds']} CPU s, "
-            f"peak RSS {bat['operator_rss_peak_mib']} MiB.",
+            f"peak RSS {bat['operator_rss_peak_mib']} MiB. Cluster start (with the image "
+            f"import on the real node): {all_results[n]['cluster_start_seconds']} s.",
             "",
+        ]
+    return "\n".join(
+        [
+            *lines,
             "Notes: the exit -> status figure is negative when the status was already final "
             "before the kubelet reported the pod's exit (the operator projects the store, "
             "it does not wait for the pod). A run's status is patched at most once per "
@@ -369,13 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=20, help="worker pods at once (batch)")
     parser.add_argument("--out", type=Path, default=RESULTS / "operator.md")
+    parser.add_argument("--node", choices=["real", "process", "both"], default="both")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ratline-opbench-"))
-    os.chmod(work, 0o755)  # the postgres OS user must reach its data dir
-    try:
-        results = measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    results: dict[str, dict[str, Any]] = {}
+    for node in ("real", "process") if args.node == "both" else (args.node,):
+        work = Path(tempfile.mkdtemp(prefix="ratline-opbench-"))
+        os.chmod(work, 0o755)  # the postgres OS user must reach its data dir
+        try:
+            results[node] = measure(args, work, real=node == "real")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results, args))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -97,7 +97,7 @@ class Demo:
         step("helm install ratline charts/ratline (the operator from ghcr.io/ratline/operator)")
         self.helm(
             "upgrade", "--install", "ratline", str(CHART), "-n", NAMESPACE,
-            "--set", "database.existingSecret=ratline-db", "--set", "rbac.scope=namespace",
+            "--set", "database.existingSecret=ratline-db",
             "--wait", "--timeout", "300s",
         )  # fmt: skip
         step("applying examples/hello (Workflow + WorkflowRun; the worker from the examples image)")
