@@ -52,6 +52,8 @@ QUERIES: web.AppKey[RunQueries] = web.AppKey("queries", RunQueries)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 SECRET: web.AppKey[bytes] = web.AppKey("secret", bytes)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+USER: web.RequestKey[auth.User] = web.RequestKey("user", auth.User)
+TOKEN: web.RequestKey[str] = web.RequestKey("token", str)
 
 
 def build_app(config: Config, queries: RunQueries, reviewer: auth.Reviewer) -> web.Application:
@@ -79,9 +81,9 @@ def build_app(config: Config, queries: RunQueries, reviewer: auth.Reviewer) -> w
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     """A page from `templates/`, with the caller's CSRF value for its forms."""
-    token = request.get("token")
+    token = request.get(TOKEN)
     csrf = auth.csrf_token(request.app[SECRET], token) if token else ""
-    user = request.get("user")
+    user = request.get(USER)
     html = (
         request.app[TEMPLATES]
         .get_template(template)
@@ -154,8 +156,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
     token = auth.bearer(request.headers, request.cookies)
-    request["user"] = await request.app[GATE].user(token)
-    request["token"] = token
+    request[USER] = await request.app[GATE].user(token)
+    request[TOKEN] = token or ""
     if request.method == "POST":
         form = await request.post()
         presented = form.get("csrf")

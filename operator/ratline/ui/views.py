@@ -24,7 +24,7 @@ from ratline.cli import output, runs
 from ratline.store import RunStatus
 from ratline.store.queries import Cursor, RunFilter, RunPage, statuses
 from ratline.ui import actions, auth, timeline
-from ratline.ui.server import CONFIG, GATE, QUERIES, redirect, render
+from ratline.ui.server import CONFIG, GATE, QUERIES, TOKEN, USER, redirect, render
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 HISTORY_SHOWN = 1000
@@ -55,7 +55,7 @@ def _run_name(request: web.Request) -> str:
 
 
 def _user_api(request: web.Request) -> client.ApiClient:
-    return auth.user_client(request.app[CONFIG].kube, str(request["token"]))
+    return auth.user_client(request.app[CONFIG].kube, request[TOKEN])
 
 
 def _session(request: web.Request, ns: str) -> actions.UserSession:
@@ -72,7 +72,7 @@ async def index(request: web.Request) -> web.StreamResponse:
         if not _DNS.match(wanted):
             raise web.HTTPBadRequest(text="ns: not a namespace name")
         return redirect(f"/ns/{wanted}/runs")
-    gate, user = request.app[GATE], request["user"]
+    gate, user = request.app[GATE], request[USER]
     visible = [
         ns for ns in request.app[CONFIG].namespaces if await gate.allows(user, auth.to_see(ns))
     ]
@@ -85,7 +85,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 async def _page(request: web.Request, ns: str) -> tuple[RunFilter, RunPage]:
-    await request.app[GATE].require(request["user"], auth.to_see(ns))
+    await request.app[GATE].require(request[USER], auth.to_see(ns))
     q = request.query
     try:
         label = q.get("label", "").strip()
@@ -191,7 +191,7 @@ async def runs_rows(request: web.Request) -> web.StreamResponse:
 
 async def _workflow_run(request: web.Request, ns: str, name: str) -> dict[str, Any]:
     """The WorkflowRun as the user sees it; 404 when it does not exist."""
-    await request.app[GATE].require(request["user"], auth.to_see(ns, name))
+    await request.app[GATE].require(request[USER], auth.to_see(ns, name))
     session = _session(request, ns)
     try:
         return await asyncio.to_thread(session.get_run, name)
@@ -214,7 +214,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     now = datetime.now(UTC)
     chart = timeline.build(events, now)
     status = obj.get("status") or {}
-    gate, user = request.app[GATE], request["user"]
+    gate, user = request.app[GATE], request[USER]
     may_act = await gate.allows(user, auth.to_act(ns, name))
     may_retry = may_act and await gate.allows(user, auth.Access("create", ns))
     return render(
@@ -322,7 +322,7 @@ async def run_value(request: web.Request) -> web.StreamResponse:
 async def run_action(request: web.Request) -> web.StreamResponse:
     ns, name = _ns(request), _run_name(request)
     action = request.match_info["action"]
-    gate, user = request.app[GATE], request["user"]
+    gate, user = request.app[GATE], request[USER]
     needed = [auth.to_act(ns, name)]
     if action == "retry":
         needed.append(auth.Access("create", ns))
