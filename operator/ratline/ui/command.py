@@ -2,7 +2,8 @@
 
 The UI's own Kubernetes credentials (in-cluster ServiceAccount, or a kubeconfig)
 are used only for TokenReview and SubjectAccessReview; everything a user sees or
-does goes through their own token. The store DSN comes from --dsn or $RATLINE_DSN.
+does goes through their own token. The store DSN comes from --dsn or $RATLINE_DSN; the CSRF key from
+$RATLINE_UI_CSRF_KEY (random per process when unset).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         namespaces=tuple(args.namespaces),
         dsn=args.dsn,
         tls=bool(ssl_context) or args.behind_tls,
+        # Replicas must share the CSRF key (the chart keeps one in a Secret).
+        secret=os.environ.get("RATLINE_UI_CSRF_KEY", "").encode(),
     )
 
     async def main() -> None:
