@@ -23,22 +23,11 @@ from ratline.store.postgres import Conn, PostgresStore, _run_record
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 MAX_PAGE = 200
 
-# One statement: the page of runs (index-ordered, keyset-bounded), then per run two
-# lateral lookups on the events primary key. $-parameters only; a NULL filter is off.
-_PAGE = """
+# Per listed run, two lateral lookups on the events primary key: step progress and the
+# latest step. Shared by the keyset page and the OFFSET baseline (constant SQL only).
+_PROGRESS = """
 SELECT r.*, p.done, p.seen, c.current
-  FROM (
-    SELECT * FROM runs
-     WHERE namespace = $1
-       AND ($2::text[] IS NULL OR status = ANY ($2::text[]))
-       AND ($3::text IS NULL OR workflow = $3::text)
-       AND ($4::text IS NULL OR strpos(lower(name), lower($4::text)) > 0
-                             OR strpos(lower(workflow), lower($4::text)) > 0)
-       AND ($5::text[] IS NULL OR id = ANY ($5::text[]))
-       AND ($6::timestamptz IS NULL OR (created_at, id) < ($6::timestamptz, $7::text))
-     ORDER BY created_at DESC, id DESC
-     LIMIT $8
-  ) r
+  FROM ({runs}) r
   LEFT JOIN LATERAL (
     SELECT count(DISTINCT command_id) FILTER (WHERE type = 'StepCompleted') AS done,
            count(DISTINCT command_id) AS seen
@@ -52,11 +41,27 @@ SELECT r.*, p.done, p.seen, c.current
   ) c ON true
  ORDER BY r.created_at DESC, r.id DESC
 """
-# The same page the naive way, kept for bench/ui.py's baseline: OFFSET pagination.
-OFFSET_PAGE = """
-SELECT * FROM runs WHERE namespace = $1 ORDER BY created_at DESC, id DESC
- LIMIT $2 OFFSET $3
-"""
+# The page: index-ordered and keyset-bounded; $-parameters only, a NULL filter is off.
+_PAGE = _PROGRESS.format(
+    runs="""
+    SELECT * FROM runs
+     WHERE namespace = $1
+       AND ($2::text[] IS NULL OR status = ANY ($2::text[]))
+       AND ($3::text IS NULL OR workflow = $3::text)
+       AND ($4::text IS NULL OR strpos(lower(name), lower($4::text)) > 0
+                             OR strpos(lower(workflow), lower($4::text)) > 0)
+       AND ($5::text[] IS NULL OR id = ANY ($5::text[]))
+       AND ($6::timestamptz IS NULL OR (created_at, id) < ($6::timestamptz, $7::text))
+     ORDER BY created_at DESC, id DESC
+     LIMIT $8"""
+)
+# The same page the naive way, kept for bench/ui.py's baseline: OFFSET pagination reads
+# and discards every skipped row.
+OFFSET_PAGE = _PROGRESS.format(
+    runs="""
+    SELECT * FROM runs WHERE namespace = $1 ORDER BY created_at DESC, id DESC
+     LIMIT $2 OFFSET $3"""
+)
 _IN_NAMESPACE = "SELECT * FROM runs WHERE id = $1 AND namespace = $2"
 _CHILDREN = (
     "SELECT * FROM runs WHERE parent_id = $1 AND namespace = $2 ORDER BY created_at, id LIMIT $3"
@@ -136,15 +141,7 @@ class RunQueries:
             )
 
         rows = await self._store._call("list runs page", op)
-        items = [
-            RunRow(
-                run=_run_record(row),
-                steps_done=int(row["done"] or 0),
-                steps_seen=int(row["seen"] or 0),
-                current_step=row["current"],
-            )
-            for row in rows[: flt.limit]
-        ]
+        items = [_row(row) for row in rows[: flt.limit]]
         more = len(rows) > flt.limit
         last = items[-1].run if items and more else None
         return RunPage(
@@ -152,13 +149,13 @@ class RunQueries:
             next=Cursor(created_at=last.created_at, id=last.id) if last else None,
         )
 
-    async def offset_page(self, namespace: str, limit: int, offset: int) -> list[RunRecord]:
+    async def offset_page(self, namespace: str, limit: int, offset: int) -> list[RunRow]:
         """The baseline bench/ui.py compares `page` with; the UI never calls it."""
 
         async def op(conn: Conn) -> list[Any]:
             return await conn.fetch(OFFSET_PAGE, namespace, limit, offset)
 
-        return [_run_record(row) for row in await self._store._call("offset page", op)]
+        return [_row(row) for row in await self._store._call("offset page", op)]
 
     async def run(self, namespace: str, run_id: str) -> RunRecord | None:
         """The run if it belongs to `namespace` (a uid from elsewhere reads nothing)."""
@@ -188,6 +185,15 @@ class RunQueries:
             return await conn.fetch(_WORKFLOWS, namespace)
 
         return [str(row["workflow"]) for row in await self._store._call("workflows", op)]
+
+
+def _row(row: Any) -> RunRow:
+    return RunRow(
+        run=_run_record(row),
+        steps_done=int(row["done"] or 0),
+        steps_seen=int(row["seen"] or 0),
+        current_step=row["current"],
+    )
 
 
 def statuses(values: Sequence[str]) -> tuple[RunStatus, ...]:
