@@ -33,7 +33,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-OPEN_PATHS = ("/healthz", "/login", "/static/")
+OPEN_PATHS = ("/healthz", "/login", "/static/", "/favicon.ico")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def build_app(config: Config, queries: RunQueries, reviewer: auth.Reviewer) -> w
         undefined=jinja2.StrictUndefined,
     )
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/favicon.ico", _no_icon)
     app.router.add_get("/login", _login_form)
     app.router.add_post("/login", _login)
     app.router.add_post("/logout", _logout)
@@ -125,7 +126,8 @@ def _secure(request: web.Request, response: web.StreamResponse) -> None:
     h["Content-Security-Policy"] = CSP
     h["X-Content-Type-Options"] = "nosniff"
     h["X-Frame-Options"] = "DENY"
-    h["Referrer-Policy"] = "no-referrer"
+    # Not "no-referrer": with it browsers send `Origin: null` on same-site form posts.
+    h["Referrer-Policy"] = "same-origin"
     h["Cross-Origin-Opener-Policy"] = "same-origin"
     h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     if not request.path.startswith("/static/"):
@@ -181,6 +183,10 @@ def _same_origin(request: web.Request) -> bool:
 
 async def _healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def _no_icon(_: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 async def _login_form(request: web.Request) -> web.Response:
