@@ -279,7 +279,7 @@ def test_a_reader_of_one_namespace_sees_nothing_of_another_and_cannot_act(
         code, page = _get(f"{ui.url}/ns/{ns_a}/runs/{name}", reader)
         assert code == 200
         assert 'id="read-only"' in page
-        assert "form.signal" not in page
+        assert 'class="signal"' not in page
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
         assert csrf, "the logout form carries the reader's CSRF value"
         signal = {"csrf": csrf[1], "promise": "approval", "data": "true"}

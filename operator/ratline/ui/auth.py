@@ -199,6 +199,30 @@ class KubeReviewer:
         return bool(result.status is not None and result.status.allowed)
 
 
+class UserClients:
+    """API clients that are the users, one per token and reused (their connection pools
+    too); the least recently used is closed beyond `size`."""
+
+    def __init__(self, base: client.Configuration, size: int = 64) -> None:
+        self._base = base
+        self._size = size
+        self._clients: dict[str, client.ApiClient] = {}
+
+    def get(self, token: str) -> client.ApiClient:
+        key = _digest(token)
+        api = self._clients.pop(key, None) or user_client(self._base, token)
+        self._clients[key] = api  # now the most recent
+        while len(self._clients) > self._size:
+            oldest = next(iter(self._clients))
+            self._clients.pop(oldest).close()  # type: ignore[no-untyped-call]
+        return api
+
+    def close(self) -> None:
+        for api in self._clients.values():
+            api.close()  # type: ignore[no-untyped-call]
+        self._clients.clear()
+
+
 def user_client(base: client.Configuration, token: str) -> client.ApiClient:
     """An API client that is the user: the server and CA of `base`, the user's token,
     none of the UI's own credentials (client certificates, its token)."""

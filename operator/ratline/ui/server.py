@@ -52,6 +52,7 @@ QUERIES: web.AppKey[RunQueries] = web.AppKey("queries", RunQueries)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 SECRET: web.AppKey[bytes] = web.AppKey("secret", bytes)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+CLIENTS: web.AppKey[auth.UserClients] = web.AppKey("clients", auth.UserClients)
 USER: web.RequestKey[auth.User] = web.RequestKey("user", auth.User)
 TOKEN: web.RequestKey[str] = web.RequestKey("token", str)
 
@@ -64,6 +65,8 @@ def build_app(config: Config, queries: RunQueries, reviewer: auth.Reviewer) -> w
     app[CONFIG] = config
     app[GATE] = auth.Gate(reviewer)
     app[QUERIES] = queries
+    app[CLIENTS] = auth.UserClients(config.kube)
+    app.on_cleanup.append(_close_clients)
     app[SECRET] = config.secret or secrets.token_bytes(32)
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -78,6 +81,10 @@ def build_app(config: Config, queries: RunQueries, reviewer: auth.Reviewer) -> w
     app.router.add_static("/static/", HERE / "static", name="static", append_version=True)
     views.add_routes(app)
     return app
+
+
+async def _close_clients(app: web.Application) -> None:
+    app[CLIENTS].close()
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:

@@ -24,7 +24,7 @@ from ratline.cli import output, runs
 from ratline.store import RunStatus
 from ratline.store.queries import Cursor, RunFilter, RunPage, statuses
 from ratline.ui import actions, auth, timeline
-from ratline.ui.server import CONFIG, GATE, QUERIES, TOKEN, USER, redirect, render
+from ratline.ui.server import CLIENTS, CONFIG, GATE, QUERIES, TOKEN, USER, redirect, render
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 HISTORY_SHOWN = 1000
@@ -55,7 +55,7 @@ def _run_name(request: web.Request) -> str:
 
 
 def _user_api(request: web.Request) -> client.ApiClient:
-    return auth.user_client(request.app[CONFIG].kube, request[TOKEN])
+    return request.app[CLIENTS].get(request[TOKEN])
 
 
 def _session(request: web.Request, ns: str) -> actions.UserSession:
