@@ -133,6 +133,7 @@ def user_token(kubectl: Kubectl, name: str, rules: list[dict[str, Any]], ns: str
 
 
 RUNS_ALL = {"apiGroups": ["ratline.dev"], "resources": ["workflowruns"], "verbs": ["*"]}
+WORKFLOWS_READ = {"apiGroups": ["ratline.dev"], "resources": ["workflows"], "verbs": ["get"]}
 RUNS_READ = {
     "apiGroups": ["ratline.dev"],
     "resources": ["workflowruns"],
@@ -171,20 +172,28 @@ def rows(driver: webdriver.Chrome) -> dict[str, str]:
     return {str(r.get_attribute("data-name")): str(r.get_attribute("data-phase")) for r in found}
 
 
+@pytest.mark.timeout(420)
 def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     ui: UiServer, kubectl: Kubectl, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    token = user_token(kubectl, "ui-admin", [RUNS_ALL, PODS_READ])
+    token = user_token(kubectl, "ui-admin", [RUNS_ALL, WORKFLOWS_READ, PODS_READ])
     ns = kubectl.namespace
     login(browser, ui, token, f"/ns/{ns}/runs")
     assert rows(browser) == {}
-    # Applied with kubectl while the page is open: the row appears without a reload.
+    # Applied with kubectl while the page is open: the rows appear without a reload.
     name = apply_example(kubectl, "order_saga", address={
         "name": "Ada Example", "street": "1 Harbour Road", "city": "Nowhere", "country": "ZZ"
     })  # fmt: skip
+    hello = apply_example(kubectl, "hello")
+    approval = apply_example(kubectl, "approval")
     wait_for("the run in the list", lambda: name in rows(browser), timeout=90)
     kubectl.wait_phase(name, "Failed", timeout=120)
-    wait_for("the list to show Failed", lambda: rows(browser).get(name) == "Failed", 60)
+    kubectl.wait_phase(hello, "Succeeded", timeout=120)
+    kubectl.wait_phase(approval, "Suspended", timeout=120)
+    expected = {name: "Failed", hello: "Succeeded", approval: "Suspended"}
+    wait_for("the list to show the phases", lambda: rows(browser) == expected, 60)
+    waiting = browser.find_element(By.CSS_SELECTOR, f'tr[data-name="{approval}"] td:nth-child(6)')
+    assert waiting.text == "approval"
     screenshot(browser, tmp_path, "ui-runs.png")
 
     browser.find_element(By.LINK_TEXT, name).click()
@@ -196,10 +205,10 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     for lane in SAGA_LANES:
         bars = by_name[lane].find_elements(By.TAG_NAME, "rect")
         kinds = {r.get_attribute("data-kind") for r in bars}
-        expected = {"failed"} if lane == "create-shipment" else (
+        expected_kinds = {"failed"} if lane == "create-shipment" else (
             {"compensation"} if lane.startswith("compensate:") else {"attempt"}
         )  # fmt: skip
-        assert kinds == expected, (lane, kinds)
+        assert kinds == expected_kinds, (lane, kinds)
     markers = browser.find_elements(By.CSS_SELECTOR, "#timeline line.marker")
     assert [m.get_attribute("data-label") for m in markers] == ["compensation"]
     assert browser.find_element(By.ID, "phase").text == "Failed"
@@ -208,7 +217,28 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     assert "RunFailed" in history
     screenshot(browser, tmp_path, "ui-timeline.png")
 
+    # Retry from the page: the CLI's own checks apply (the compensated steps must run
+    # again), then its retry makes a new run and the UI opens it.
+    browser.find_element(By.CSS_SELECTOR, "#retry button").click()
+    wait_for("the refusal", lambda: browser.find_elements(By.ID, "problem"), 30)
+    assert "compensated" in browser.find_element(By.ID, "problem").text
+    browser.find_element(By.CSS_SELECTOR, "#retry input[name=from_step]").send_keys(SAGA_LANES[0])
+    browser.find_element(By.CSS_SELECTOR, "#retry button").click()
+    wait_for("an answer", lambda: browser.find_elements(By.CSS_SELECTOR, "#notice, #problem"), 60)
+    assert not browser.find_elements(By.ID, "problem"), browser.find_element(By.ID, "problem").text
+    retried = urllib.parse.urlsplit(browser.current_url).path.rsplit("/", 1)[-1]
+    assert retried != name
+    assert kubectl.get("workflowrun", retried) is not None
+    assert browser.find_elements(By.ID, "notice")
 
+    # Cancel from the page: the waiting approval ends Cancelled.
+    browser.get(f"{ui.url}/ns/{ns}/runs/{approval}")
+    browser.find_element(By.CSS_SELECTOR, "#cancel button").click()
+    wait_for("the notice", lambda: browser.find_elements(By.ID, "notice"), 30)
+    assert kubectl.wait_phase(approval, "Cancelled", timeout=90)["phase"] == "Cancelled"
+
+
+@pytest.mark.timeout(300)
 def test_a_signal_sent_from_the_form_resumes_the_approval(
     ui: UiServer, kubectl: Kubectl, browser: webdriver.Chrome
 ) -> None:
@@ -252,6 +282,7 @@ def _post(url: str, token: str, form: dict[str, str]) -> int:
         return int(exc.code)
 
 
+@pytest.mark.timeout(300)
 def test_a_reader_of_one_namespace_sees_nothing_of_another_and_cannot_act(
     ui: UiServer, kubectl: Kubectl, operator: OperatorProcess, browser: webdriver.Chrome
 ) -> None:

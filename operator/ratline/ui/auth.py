@@ -124,6 +124,11 @@ def to_act(namespace: str, name: str) -> Access:
     return Access("patch", namespace, name=name)
 
 
+def to_retry(namespace: str) -> list[Access]:
+    """Retry creates a WorkflowRun and reads its Workflow, as `kubectl ratline retry` does."""
+    return [Access("create", namespace), Access("get", namespace, resource="workflows")]
+
+
 def csrf_token(secret: bytes, token: str) -> str:
     """The action forms' anti-forgery value, bound to the caller's own bearer token:
     a page of another origin can neither read it nor compute it."""

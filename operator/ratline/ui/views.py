@@ -216,7 +216,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     status = obj.get("status") or {}
     gate, user = request.app[GATE], request[USER]
     may_act = await gate.allows(user, auth.to_act(ns, name))
-    may_retry = may_act and await gate.allows(user, auth.Access("create", ns))
+    may_retry = may_act and all([await gate.allows(user, access) for access in auth.to_retry(ns)])
     return render(
         request,
         "run.html",
@@ -325,7 +325,7 @@ async def run_action(request: web.Request) -> web.StreamResponse:
     gate, user = request.app[GATE], request[USER]
     needed = [auth.to_act(ns, name)]
     if action == "retry":
-        needed.append(auth.Access("create", ns))
+        needed += auth.to_retry(ns)
     await gate.require(user, auth.to_see(ns, name), *needed)
     form = await request.post()
 
