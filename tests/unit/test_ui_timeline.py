@@ -83,7 +83,7 @@ def test_sleeps_promises_and_children_span_their_wait() -> None:
     assert promise.bars[0].label == "resolved"
     assert [(b.kind, b.start, b.end) for b in child.bars] == [("child", at(9), at(12))]
     assert late.bars[0].end is None  # still waiting
-    assert tl.start == at(0)
+    assert tl.start == at(1)  # the first bar, not RunStarted
     assert tl.end == at(20)
 
 

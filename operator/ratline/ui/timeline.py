@@ -98,11 +98,13 @@ def build(events: Sequence[Event], now: datetime) -> Timeline:
         for bar in lane.bars:
             if bar.end is None and bar.start > now:
                 bar.start = now
+    # The chart spans the bars (and markers), not the run: a worker's start-up before
+    # the first step would otherwise squeeze every bar to the right.
     times = [b.start for lane in ordered for b in lane.bars]
     times += [b.end or now for lane in ordered for b in lane.bars]
     times += [t for t, _ in markers]
-    if events:
-        times += [events[0].time, events[-1].time]
+    if not times and events:
+        times = [events[0].time, events[-1].time]
     return Timeline(ordered, min(times, default=None), max(times, default=None), markers)
 
 
@@ -189,11 +191,14 @@ def svg(tl: Timeline, now: datetime) -> str:
     def x(at: datetime) -> float:
         return LABEL_W + plot_w * (at - tl.start).total_seconds() / span  # type: ignore[operator]
 
-    out.append(
-        f'<text x="{LABEL_W}" y="14" font-size="11" fill="#555">0s</text>'
-        f'<text x="{WIDTH - 10}" y="14" font-size="11" fill="#555" text-anchor="end">'
-        f"{escape(_span_text(span))}</text>"
-    )
+    for i in range(5):  # a time axis: 0, a quarter, ... the whole span
+        tx = LABEL_W + plot_w * i / 4
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        out.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="18" y2="{height - 4}" stroke="#e4e4e4"/>'
+            f'<text x="{tx:.1f}" y="14" font-size="11" fill="#555" text-anchor="{anchor}">'
+            f"{'0' if i == 0 else '+' + escape(_span_text(span * i / 4))}</text>"
+        )
     for row, lane in enumerate(tl.lanes):
         y = TOP + row * ROW_H
         colour = "#a0522d" if lane.compensation else "#222"
