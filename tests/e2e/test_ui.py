@@ -133,7 +133,11 @@ def user_token(kubectl: Kubectl, name: str, rules: list[dict[str, Any]], ns: str
 
 
 RUNS_ALL = {"apiGroups": ["ratline.dev"], "resources": ["workflowruns"], "verbs": ["*"]}
-WORKFLOWS_READ = {"apiGroups": ["ratline.dev"], "resources": ["workflows"], "verbs": ["get"]}
+WORKFLOWS_READ = {
+    "apiGroups": ["ratline.dev"],
+    "resources": ["workflows", "workflowschedules"],
+    "verbs": ["get", "list"],
+}
 RUNS_READ = {
     "apiGroups": ["ratline.dev"],
     "resources": ["workflowruns"],
@@ -195,7 +199,17 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     waiting = browser.find_element(By.CSS_SELECTOR, f'tr[data-name="{approval}"] td:nth-child(6)')
     assert waiting.text == "approval"
     screenshot(browser, tmp_path, "ui-runs.png")
-
+    # Filters: phases, and a label selector resolved with the user's token.
+    browser.get(f"{ui.url}/ns/{ns}/runs?phase=Failed&phase=Succeeded")
+    assert rows(browser) == {name: "Failed", hello: "Succeeded"}
+    kubectl.run("label", "workflowrun", hello, "team=payments")
+    browser.get(f"{ui.url}/ns/{ns}/runs?label=team%3Dpayments")
+    assert rows(browser) == {hello: "Succeeded"}
+    browser.get(f"{ui.url}/ns/{ns}/runs?q=approval")
+    assert rows(browser) == {approval: "Suspended"}
+    browser.get(f"{ui.url}/ns/{ns}/schedules")  # a page either way (the CRD may be missing)
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Schedules in {ns}"
+    browser.get(f"{ui.url}/ns/{ns}/runs")
     browser.find_element(By.LINK_TEXT, name).click()
     wait_for("the run page", lambda: browser.find_elements(By.ID, "timeline"), 30)
     lanes = browser.find_elements(By.CSS_SELECTOR, "#timeline g.lane")
@@ -229,7 +243,7 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     retried = urllib.parse.urlsplit(browser.current_url).path.rsplit("/", 1)[-1]
     assert retried != name
     assert kubectl.get("workflowrun", retried) is not None
-    assert browser.find_elements(By.ID, "notice")
+    assert f"retries {name}" in browser.find_element(By.ID, "notice").text
 
     # Cancel from the page: the waiting approval ends Cancelled.
     browser.get(f"{ui.url}/ns/{ns}/runs/{approval}")

@@ -19,11 +19,14 @@ ALICE = auth.User("alice", groups=("devs",))
 
 
 class FakeReviewer:
-    """Tokens map to users; `grants` holds (user, verb, namespace) triples."""
+    """Tokens map to users; `grants` holds (user, verb, namespace, resource)."""
 
     def __init__(self) -> None:
         self.tokens = {"alice-token": ALICE}
-        self.grants: set[tuple[str, str, str]] = {("alice", "list", "a"), ("alice", "get", "a")}
+        self.grants = {
+            ("alice", "list", "a", auth.RESOURCE),
+            ("alice", "get", "a", auth.RESOURCE),
+        }
         self.calls: list[Any] = []
 
     async def authenticate(self, token: str) -> auth.User | None:
@@ -32,7 +35,7 @@ class FakeReviewer:
 
     async def allowed(self, user: auth.User, access: auth.Access) -> bool:
         self.calls.append(("sar", access))
-        return (user.name, access.verb, access.namespace) in self.grants
+        return (user.name, access.verb, access.namespace, access.resource) in self.grants
 
 
 class Clock:
@@ -159,7 +162,8 @@ async def test_pages_answer_401_without_a_valid_token(http: Any) -> None:
 
 async def test_a_forbidden_namespace_is_403_and_never_reaches_the_store(http: Any) -> None:
     test_client, _, queries = http
-    for path in ("/ns/b/runs", "/ns/b/runs/_rows", "/ns/b/runs/x", "/ns/b/runs/x/value"):
+    paths = ("/ns/b/runs", "/ns/b/runs/_rows", "/ns/b/runs/x", "/ns/b/runs/x/value")
+    for path in (*paths, "/ns/b/schedules", "/ns/a/schedules"):
         response = await test_client.get(path, headers=BEARER)
         assert response.status == 403, path
         assert "Forbidden" in await response.text()

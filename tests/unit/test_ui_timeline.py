@@ -129,3 +129,27 @@ def test_the_svg_names_every_lane_and_escapes_names() -> None:
 def test_an_empty_history_draws_a_placeholder() -> None:
     text = timeline.svg(timeline.build([], now=T0), now=T0)
     assert "no steps yet" in text
+
+
+def test_schedule_rows_tolerate_missing_fields() -> None:
+    from ratline.ui.schedules import schedule_rows
+
+    rows = schedule_rows(
+        [
+            {"metadata": {"name": "z"}, "spec": {"schedule": "0 * * * *", "suspend": True}},
+            {
+                "metadata": {"name": "a"},
+                "spec": {
+                    "schedule": "@daily",
+                    "timeZone": "Europe/Berlin",
+                    "workflowRef": {"name": "hello"},
+                },
+                "status": {"lastRun": "a-1", "active": [{"name": "a-1"}]},
+            },
+        ]
+    )
+    assert [r["name"] for r in rows] == ["a", "z"]
+    assert rows[0]["time_zone"] == "Europe/Berlin"
+    assert rows[0]["active"] == 1
+    assert rows[1]["suspended"] is True
+    assert rows[1]["time_zone"] == "UTC"

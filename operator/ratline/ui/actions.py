@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,8 @@ async def cancel(session: UserSession, run: str) -> str:
 
 
 async def retry(session: UserSession, run: str, from_step: str | None) -> str:
-    """A new run from `from_step` (default: the failed step), as `kubectl ratline retry`."""
+    """A new run from `from_step` (default: the failed step), as `kubectl ratline retry`;
+    returns the new run's name (read from the command's `-o json` answer, the object)."""
     args = _args(
         session.namespace,
         run=run,
@@ -80,8 +82,13 @@ async def retry(session: UserSession, run: str, from_step: str | None) -> str:
         new_name=None,
         dsn=session.args.dsn,
         command="retry",
+        output="json",
     )
-    return await _call(runs.cmd_retry, args, session)
+    answer = await _call(runs.cmd_retry, args, session)
+    try:
+        return str(json.loads(answer)["metadata"]["name"])
+    except (ValueError, KeyError, TypeError):
+        raise ActionError(f"retry answered something unexpected: {answer[:200]}") from None
 
 
 def _name(value: str, field: str) -> None:

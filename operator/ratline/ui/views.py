@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from ratline.cli import output, runs
 from ratline.store import RunStatus
 from ratline.store.queries import Cursor, RunFilter, RunPage, statuses
-from ratline.ui import actions, auth, timeline
+from ratline.ui import actions, auth, schedules, timeline
 from ratline.ui.server import CLIENTS, CONFIG, GATE, QUERIES, TOKEN, USER, redirect, render
 
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -38,9 +38,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ns/{ns}/runs/{name}", run_page)
     app.router.add_get("/ns/{ns}/runs/{name}/value", run_value)
     app.router.add_post("/ns/{ns}/runs/{name}/{action}", run_action)
+    schedules.add_routes(app)
 
 
-def _ns(request: web.Request) -> str:
+def namespace_of(request: web.Request) -> str:
+    """The path's namespace, or 404 for anything that cannot be one."""
     ns = request.match_info["ns"]
     if not _DNS.match(ns) or len(ns) > 63:
         raise web.HTTPNotFound()
@@ -150,7 +152,7 @@ def phase_of(status: RunStatus) -> str:
 
 
 async def runs_page(request: web.Request) -> web.StreamResponse:
-    ns = _ns(request)
+    ns = namespace_of(request)
     flt, page = await _page(request, ns)
     workflows = await request.app[QUERIES].workflows(ns)
     return render(
@@ -181,7 +183,7 @@ def _next_url(ns: str, request: web.Request, page: RunPage) -> str:
 
 async def runs_rows(request: web.Request) -> web.StreamResponse:
     """The list's table body alone: what the page's script polls for live updates."""
-    ns = _ns(request)
+    ns = namespace_of(request)
     _, page = await _page(request, ns)
     return render(request, "_rows.html", ns=ns, rows=_rows(page, datetime.now(UTC)))
 
@@ -204,7 +206,7 @@ async def _workflow_run(request: web.Request, ns: str, name: str) -> dict[str, A
 
 
 async def run_page(request: web.Request) -> web.StreamResponse:
-    ns, name = _ns(request), _run_name(request)
+    ns, name = namespace_of(request), _run_name(request)
     obj = await _workflow_run(request, ns, name)
     uid = str(obj["metadata"]["uid"])
     queries = request.app[QUERIES]
@@ -291,7 +293,7 @@ async def _pods(request: web.Request, ns: str, name: str) -> list[dict[str, str]
 
 async def run_value(request: web.Request) -> web.StreamResponse:
     """A full value the page only previews: input, result, error, a state key or an event."""
-    ns, name = _ns(request), _run_name(request)
+    ns, name = namespace_of(request), _run_name(request)
     obj = await _workflow_run(request, ns, name)
     uid, what = str(obj["metadata"]["uid"]), request.query.get("what", "")
     queries = request.app[QUERIES]
@@ -320,7 +322,7 @@ async def run_value(request: web.Request) -> web.StreamResponse:
 
 
 async def run_action(request: web.Request) -> web.StreamResponse:
-    ns, name = _ns(request), _run_name(request)
+    ns, name = namespace_of(request), _run_name(request)
     action = request.match_info["action"]
     gate, user = request.app[GATE], request[USER]
     needed = [auth.to_act(ns, name)]
@@ -343,10 +345,9 @@ async def run_action(request: web.Request) -> web.StreamResponse:
         elif action == "cancel":
             notice = await actions.cancel(session, name)
         elif action == "retry":
-            notice = await actions.retry(session, name, field("from_step") or None)
-            created = notice.split(" ", 1)[0].removeprefix("workflowrun/")
-            if created and _DNS.match(created):
-                target = f"/ns/{ns}/runs/{created}"
+            created = await actions.retry(session, name, field("from_step") or None)
+            notice = f"workflowrun/{created} created: retries {name}"
+            target = f"/ns/{ns}/runs/{created}"
         else:
             raise web.HTTPNotFound()
     except actions.ActionError as exc:
