@@ -172,11 +172,25 @@ def screenshot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> Path:
 
 
 def rows(driver: webdriver.Chrome) -> dict[str, str]:
-    found = driver.find_elements(By.CSS_SELECTOR, "#rows tr.run")
-    return {str(r.get_attribute("data-name")): str(r.get_attribute("data-phase")) for r in found}
+    """name -> phase of the listed runs, read in one script call: the page's poller
+    replaces the table body every 2 s, so element handles would go stale."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#rows tr.run'))"
+        ".map(r => [r.dataset.name, r.dataset.phase, r.cells[5].textContent]);"
+    )
+    return {str(name): str(phase) for name, phase, _ in found}
 
 
-@pytest.mark.timeout(420)
+def waiting_for(driver: webdriver.Chrome, run: str) -> str:
+    found = driver.execute_script(
+        "const r = document.querySelector(`#rows tr.run[data-name='${arguments[0]}']`);"
+        "return r ? r.cells[5].textContent : null;",
+        run,
+    )
+    return str(found)
+
+
+@pytest.mark.timeout(600)
 def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     ui: UiServer, kubectl: Kubectl, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -196,8 +210,7 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     kubectl.wait_phase(approval, "Suspended", timeout=120)
     expected = {name: "Failed", hello: "Succeeded", approval: "Suspended"}
     wait_for("the list to show the phases", lambda: rows(browser) == expected, 60)
-    waiting = browser.find_element(By.CSS_SELECTOR, f'tr[data-name="{approval}"] td:nth-child(6)')
-    assert waiting.text == "approval"
+    assert waiting_for(browser, approval).strip() == "approval"
     screenshot(browser, tmp_path, "ui-runs.png")
     # Filters: phases, and a label selector resolved with the user's token.
     browser.get(f"{ui.url}/ns/{ns}/runs?phase=Failed&phase=Succeeded")
@@ -252,7 +265,7 @@ def test_runs_list_updates_live_and_the_saga_timeline_shows_compensation(
     assert kubectl.wait_phase(approval, "Cancelled", timeout=90)["phase"] == "Cancelled"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_a_signal_sent_from_the_form_resumes_the_approval(
     ui: UiServer, kubectl: Kubectl, browser: webdriver.Chrome
 ) -> None:
@@ -296,7 +309,7 @@ def _post(url: str, token: str, form: dict[str, str]) -> int:
         return int(exc.code)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_a_reader_of_one_namespace_sees_nothing_of_another_and_cannot_act(
     ui: UiServer, kubectl: Kubectl, operator: OperatorProcess, browser: webdriver.Chrome
 ) -> None:
