@@ -37,6 +37,7 @@ from ratline.store.postgres import PostgresStore
 from ratline.store.queries import (
     OFFSET_PAGE,
     PAGE,
+    WORKFLOWS,
     Cursor,
     RunFilter,
     RunQueries,
@@ -131,6 +132,10 @@ async def query_suite(
     for label, flt in cases.items():
         out[label] = await timed(reps, lambda flt=flt: queries.page(flt))  # type: ignore[misc]
         out[label]["server_ms"] = await server_ms(conn, PAGE, page_args(flt))
+    out["workflow names (the filter's choices)"] = await timed(reps, lambda: queries.workflows(NS))
+    out["workflow names (the filter's choices)"]["server_ms"] = await server_ms(
+        conn, WORKFLOWS, (NS,)
+    )
     label = f"page {DEPTH} rows deep (OFFSET)"
     out[label] = await timed(reps, lambda: queries.offset_page(NS, 50, DEPTH))
     out[label]["server_ms"] = await server_ms(conn, OFFSET_PAGE, (NS, 50, DEPTH))
