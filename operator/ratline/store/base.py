@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 #: How long a store call rides out a lost Postgres before it gives up (seconds): the one
 #: retry budget of the Postgres store. While the lease is ours, a checkpoint waits this
 #: long for Postgres to come back before the process may exit. The worker and
@@ -319,9 +318,10 @@ class Store(abc.ABC):
         otherwise); also applies `update` (including `release_lease`) and marks inbox
         items consumed. An append that suspends the run sets `wake_at` to now when an
         unconsumed item `wakes` it (delivered after the worker last read its inbox) and
-        lists the others in `early_signals`. Wakes `wait_for_change` waiters when the status changes, when
-        the lease is released and at least every quarter second while appends go on
-        (Postgres throttles per-step notifications; see docs/architecture.md)."""
+        lists the others in `early_signals`. Wakes `wait_for_change` waiters when the
+        status changes, when the lease is released and at least every quarter second
+        while appends go on (Postgres throttles per-step notifications; see
+        docs/architecture.md)."""
 
     # inbox
     @abc.abstractmethod

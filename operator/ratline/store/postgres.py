@@ -21,7 +21,6 @@ import gc
 import itertools
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
