@@ -18,8 +18,9 @@ from ratline import WorkflowContext, workflow
 from ratline.engine import ExecutionOptions, activate
 from ratline.errors import FencedError
 from ratline.sdk import spec_of
-from ratline.store import EventType, InboxKind, NewRun, RunStatus
+from ratline.store import DEFAULT_STORE_RETRY_S, EventType, InboxKind, NewRun, RunStatus
 from ratline.store.postgres import PostgresStore
+from ratline.worker.main import parse_settings
 from tests.cluster.pg import PostgresServer
 from tests.integration import workflows
 
@@ -322,3 +323,21 @@ async def test_an_early_signal_keeps_the_run_asleep_and_resolves_its_promise_lat
     history = await store.load_history(run_id)
     resolved = [(e.name, e.payload) for e in history if e.type is EventType.PROMISE_RESOLVED]
     assert resolved == [("approval", {"value": "yes"}), ("escalation", {"value": "level-2"})]
+
+
+def test_store_retry_comes_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--run-id", "r", "--dsn", "postgresql://x@127.0.0.1/db"]
+    monkeypatch.delenv("RATLINE_STORE_RETRY", raising=False)
+    assert parse_settings(base).store_retry_s == DEFAULT_STORE_RETRY_S >= 600
+    monkeypatch.setenv("RATLINE_STORE_RETRY", "900")
+    assert parse_settings(base).store_retry_s == 900
+    assert parse_settings([*base, "--store-retry", "30"]).store_retry_s == 30
+    with pytest.raises(SystemExit):
+        parse_settings([*base, "--store-retry", "-1"])
+    assert "--store-retry" in capsys.readouterr().err
+    monkeypatch.setenv("RATLINE_STORE_RETRY", "ten minutes")
+    with pytest.raises(SystemExit):
+        parse_settings(base)
+    assert "RATLINE_STORE_RETRY" in capsys.readouterr().err
