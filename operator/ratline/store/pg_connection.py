@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -184,34 +185,24 @@ class Listener:
             self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
     async def _keep(self) -> None:
-        """Connect, LISTEN, wait for the loss, reconnect: until `close`."""
-        delay = RETRY_FIRST_DELAY_S
-        tries = 0
+        """Connect, LISTEN, wait for the loss, reconnect: until `close`. Reconnecting is
+        the store's one `retry` loop with no budget: nothing pending depends on it."""
         while not self._closed:
             try:
-                conn = await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure to connect or to LISTEN: try again
-                tries += 1
-                log.warning(
-                    "LISTEN connection to Postgres at %s not available (try %d, next in "
-                    "%.2f s): %s: %s",
-                    self._where,
-                    tries,
-                    delay,
-                    type(exc).__name__,
-                    exc,
+                conn = await retry(
+                    f"LISTEN connection to Postgres at {self._where}",
+                    math.inf,
+                    self._listen,
+                    retry_on=(Exception,),  # whatever stops a connect or a LISTEN
+                    stop=lambda: self._closed,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY_S)
-                continue
+            except StoreError:  # closing
+                return
             if self._first.is_set():
                 self.reconnects += 1
                 log.info("LISTEN connection to Postgres at %s re-established", self._where)
                 self._wake_all()  # what happened while we were away was not heard
             self._first.set()
-            delay, tries = RETRY_FIRST_DELAY_S, 0
             await self._watch(conn)
 
     async def _listen(self) -> PlainConn:
