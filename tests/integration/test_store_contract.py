@@ -450,16 +450,17 @@ async def test_an_early_signal_is_listed_and_does_not_make_the_run_due(store: St
     assert row is not None
     assert (row.status, row.wake_at) == (RunStatus.SUSPENDED, None)
     assert row.early_signals == ["escalation", "refusal"]
-    # What it waits for makes it due; the early ones stay listed and in the inbox.
-    assert await store.deliver(run_id, "approval", InboxKind.SIGNAL, True)
+    # What it waits for makes it due (a tagged name is for the promise before the #);
+    # the early ones stay listed and in the inbox.
+    assert await store.deliver(run_id, "approval#resend", InboxKind.SIGNAL, True)
     assert [r.id for r in await store.due_runs(soon)] == [run_id]
     row = await store.get_run(run_id)
     assert row is not None
     assert row.early_signals == ["escalation", "refusal"]
     names = [i.name for i in await store.pending_inbox(run_id)]
-    assert names == ["escalation", "refusal", "approval"]
+    assert names == ["escalation", "refusal", "approval#resend"]
     # Running again clears the list (it describes a suspended run only).
-    await store.append(lease, [], RunUpdate(status=RunStatus.RUNNING), ["approval"])
+    await store.append(lease, [], RunUpdate(status=RunStatus.RUNNING), ["approval#resend"])
     row = await store.get_run(run_id)
     assert row is not None
     assert row.early_signals == []

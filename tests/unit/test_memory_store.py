@@ -154,7 +154,9 @@ def test_trusted_models_equal_validated_ones() -> None:
         (InboxKind.TIMEOUT, "timeout", ["approval"], True),
         (InboxKind.SIGNAL, "approval", ["approval"], True),
         (InboxKind.REJECT, "approval", ["approval", "other"], True),
+        (InboxKind.SIGNAL, "approval#2", ["approval"], True),  # a tagged resend
         (InboxKind.SIGNAL, "escalation", ["approval"], False),
+        (InboxKind.SIGNAL, "escalation#2", ["approval"], False),
         (InboxKind.REJECT, "escalation", [], False),
     ],
 )

@@ -223,9 +223,10 @@ class Begun:
 
 def wakes(kind: InboxKind, name: str, waiting_for: Sequence[str]) -> bool:
     """Whether an inbox item makes a suspended run due: a cancel or a timeout always,
-    a signal or rejection only for a promise the run waits for. The memory store uses
-    this; the Postgres store keeps the same rule in SQL (0003_early_signals.sql)."""
-    return kind in (InboxKind.CANCEL, InboxKind.TIMEOUT) or name in waiting_for
+    a signal or rejection only for a promise the run waits for (an item `name#tag`,
+    e.g. a corrected resend, is for promise `name`). The memory store uses this; the
+    Postgres store keeps the same rule in SQL (0003_early_signals.sql)."""
+    return kind in (InboxKind.CANCEL, InboxKind.TIMEOUT) or name.partition("#")[0] in waiting_for
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -3,6 +3,7 @@
 --                       wait for (not created or not awaited yet): they stay in the
 --                       inbox, are listed here and resolve their promise once it exists
 --   ratline_wakes       the rule: a cancel or a timeout, or a promise in waiting_for
+--                       (an item `name#tag` is for promise `name`: a resend's name)
 --   ratline_commit      as in 0002, but a suspension is made due only by such items
 --                       (0002 woke it for any unconsumed item: an early signal kept a
 --                       run waking up for ever). ratline_commit_many calls it, so batched
@@ -14,7 +15,7 @@ ALTER TABLE runs ADD COLUMN early_signals text[] NOT NULL DEFAULT '{}';
 CREATE FUNCTION ratline_wakes(p_kind text, p_name text, p_waiting_for text[])
 RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT p_kind IN ('cancel', 'timeout') OR p_name = ANY (p_waiting_for)
+    SELECT p_kind IN ('cancel', 'timeout') OR split_part(p_name, '#', 1) = ANY (p_waiting_for)
 $$;
 
 -- ratline_commit of 0002 with the rule above; same parameters and outputs.
