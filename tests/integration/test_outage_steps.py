@@ -122,3 +122,41 @@ async def test_an_outage_mid_step_neither_loses_nor_repeats_a_step(
     history = await pg_store.load_history(run_id)
     completed = [e.name for e in history if e.type == "StepCompleted"]
     assert completed == ["charge", "reserve", "ship", "email"]
+
+
+@pytest.mark.timeout(200)
+async def test_an_outage_longer_than_the_budget_exits_69_naming_it(
+    postgres: PostgresServer, pg_store: PostgresStore, migrated_dsn: str, tmp_path: Path
+) -> None:
+    effects, gate = tmp_path / "effects.log", tmp_path / "gate"
+    run_id = str(uuid.uuid4())
+    await pg_store.create_run(
+        NewRun(
+            id=run_id,
+            name=f"budget-{run_id[:8]}",
+            workflow="it-steps",
+            entrypoint="tests.integration.workflows:steps",
+            input={"order_id": "o-1", "amount": 10},
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RATLINE_TEST_LOG": str(effects),
+        "RATLINE_TEST_GATE": str(gate),
+        "RATLINE_DSN": migrated_dsn,
+        "RATLINE_RUN_ID": run_id,
+    }
+    proc = await start("worker", migrated_dsn, {**env, "RATLINE_STORE_RETRY": "3"})
+    try:
+        await wait_for_line(effects, "ship:started", proc)
+        await asyncio.to_thread(postgres.stop)
+        gate.touch()
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(postgres.start)
+    assert proc.returncode == 69, stderr.decode()
+    assert "gave up after 3 s" in stderr.decode()

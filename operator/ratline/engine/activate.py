@@ -15,7 +15,7 @@ import logging
 
 from ratline.engine.execution import Execution
 from ratline.engine.outcome import Activation
-from ratline.engine.parts import ExecutionOptions
+from ratline.engine.parts import Abort, ExecutionOptions
 from ratline.errors import FencedError, PermanentError
 from ratline.sdk.definition import WorkflowSpec, registered_workflow, spec_of
 from ratline.store.base import Lease, Store
@@ -80,7 +80,10 @@ async def activate(
             spec = resolve_entrypoint(run.entrypoint or run.workflow)
         renewer = asyncio.create_task(_keep_lease(store, lease, lease_ttl_s))
         execution = Execution(store, lease, run, spec, begun.history, options, begun.inbox)
-        return await execution.activate()
+        try:
+            return await execution.activate()
+        except Abort as exc:  # a commit outside the body failed: fenced, or the store gave up
+            raise exc.cause from None
     finally:
         if renewer is not None:
             renewer.cancel()
