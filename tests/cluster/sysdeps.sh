@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test harness needs when they are missing:
-# PostgreSQL server binaries (initdb, postgres) and, for the real node,
+# PostgreSQL server binaries (initdb, postgres), chromium + chromedriver (the
+# web UI browser tests) and, for the real node,
 # containerd, runc, the CNI plugins, iptables, and mmdebstrap + buildah to
 # build images without a Docker engine. Needs root or sudo to install; the
 # node itself needs root and user/mount/network namespaces (checked at the end).
@@ -20,6 +21,9 @@ have_cmd iptables || missing+=(iptables)
 have_cmd mmdebstrap || missing+=(mmdebstrap)
 have_cmd buildah || missing+=(buildah)
 have_cmd conntrack || missing+=(conntrack)
+# The web UI browser tests (tests/e2e/test_ui.py): Debian's chromium and chromedriver.
+have_cmd chromium || missing+=(chromium)
+have_cmd chromedriver || missing+=(chromium-driver)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "sysdeps.sh: installing Debian packages: ${missing[*]}" >&2
   SUDO=""
