@@ -21,6 +21,7 @@ from ratline.controller.kube import GROUP, RUNS, VERSION, WORKFLOWS
 from ratline.controller.pods import MANAGED_BY
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
+from ratline.controller.schedule_handlers import register_schedules
 from ratline.controller.status import RunKey
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
@@ -124,6 +125,7 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
             if key is not None:
                 ctx.scheduler.at(utcnow() + timedelta(seconds=5), key, "pod event retry")
 
+    register_schedules(registry, ctx)
     return registry
 
 
