@@ -138,6 +138,10 @@ app.kubernetes.io/component: operator
 {{- $args = append $args "--standalone" -}}
 {{- end -}}
 {{- if $op.deleteFinishedPods }}{{ $args = append $args "--delete-finished-pods" }}{{ end -}}
+{{- if $op.retention.keep -}}
+{{- $args = append $args (printf "--retention=%s" $op.retention.keep) -}}
+{{- $args = append $args (printf "--retention-batch=%d" (int $op.retention.batch)) -}}
+{{- end -}}
 {{- if $op.verbose }}{{ $args = append $args "--verbose" }}{{ end -}}
 {{- range $op.extraArgs }}{{ $args = append $args . }}{{ end -}}
 {{- toJson $args -}}

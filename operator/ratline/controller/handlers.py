@@ -23,6 +23,7 @@ from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
 from ratline.controller.schedule_handlers import register_schedules
 from ratline.controller.status import RunKey
+from ratline.controller.ttl import register_ttl
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
 from ratline.errors import StoreError
@@ -126,6 +127,7 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
                 ctx.scheduler.at(utcnow() + timedelta(seconds=5), key, "pod event retry")
 
     register_schedules(registry, ctx)
+    register_ttl(registry, ctx)
     return registry
 
 
