@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "ratline.cli.operator_cmd",  # ratline operator
     "ratline.cli.runs",  # history, describe, signal, cancel, retry
     "ratline.cli.schedules",  # schedule trigger NAME
+    "ratline.cli.list_runs",  # list (from the store, CR or not)
     "ratline.ui.command",  # ratline ui (the web UI)
 )
 
