@@ -116,6 +116,19 @@ def test_list_shows_deleted_runs_filters_pages_and_isolates_namespaces(
     as_yaml = yaml.safe_load(plugin(kubectl, "list", "--dsn", dsn, "-o", "yaml").stdout)
     assert len(as_yaml["items"]) == 3
 
+    # history and describe fall back to the store for a run whose WorkflowRun is gone.
+    history = json.loads(plugin(kubectl, "history", gone, "--dsn", dsn, "-o", "json").stdout)
+    assert history[0]["type"] == "RunStarted"
+    assert history[-1]["type"] == "RunCompleted"
+    described = json.loads(plugin(kubectl, "describe", gone, "--dsn", dsn, "-o", "json").stdout)
+    assert described["uid"] == rows[gone]["uid"]
+    assert described["phase"] == "Succeeded"
+    assert described["store"]["status"] == "succeeded"
+    assert [c["type"] for c in described["conditions"]] == ["WorkflowRunDeleted"]
+    missing = plugin(kubectl, "history", unique("never"), "--dsn", dsn, check=False)
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
+
     # Another namespace's run in the same store: the admin sees it with -A ...
     other = unique("other-ns")
     insert_foreign_run(dsn, other)

@@ -252,3 +252,47 @@ async def allowed_namespaces(
         if not await asyncio.to_thread(may_list, session, namespace):
             raise CliError(f"you may not list workflowruns in namespace {namespace!r}")
     return asked
+
+
+def stored_run(session: Session, name: str) -> dict[str, Any] | None:
+    """A WorkflowRun-shaped stand-in, from the store, for a run named `name` whose
+    WorkflowRun is gone (the newest such run); None if the store has none. Used by
+    `history` and `describe`; allowed only where the user may list WorkflowRuns."""
+    if not may_list(session, session.namespace):
+        return None
+
+    async def find() -> RunRow | None:
+        store = await open_store(session.dsn())
+        try:
+            if not isinstance(store, PostgresStore):
+                return None
+            flt = RunFilter(namespace=session.namespace, text=name, limit=MAX_PAGE)
+            while True:
+                page = await RunQueries(store).page(flt)
+                exact = [r for r in page.rows if r.run.name == name]
+                if exact or page.next is None:
+                    return exact[0] if exact else None
+                flt = flt.model_copy(update={"after": page.next})
+        finally:
+            await store.close()
+
+    found = asyncio.run(find())
+    if found is None:
+        return None
+    run = found.run
+    return {
+        "metadata": {"name": run.name, "namespace": run.namespace, "uid": run.id},
+        "spec": {"workflowRef": {"name": run.workflow}},
+        "status": {
+            "phase": phase(run.status),
+            "progress": f"{found.steps_done}/{found.steps_seen}",
+            "conditions": [
+                {
+                    "type": "WorkflowRunDeleted",
+                    "status": "True",
+                    "reason": "OnlyInStore",
+                    "message": "the WorkflowRun is gone; this is the store's record",
+                }
+            ],
+        },
+    }
