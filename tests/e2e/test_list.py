@@ -83,7 +83,9 @@ def test_list_shows_deleted_runs_filters_pages_and_isolates_namespaces(
     kubectl.apply(run_manifest(gone, "hello", {"name": "g", "times": 1}, ttlSecondsAfterFinished=0))
     wait_for("the ttl run to exist", lambda: kubectl.get("workflowrun", gone), 30)
     wait_for("the ttl run to be deleted", lambda: kubectl.get("workflowrun", gone) is None, 90)
-    kubectl.apply(run_manifest(kept, "hello", {"name": "k", "times": 1}))
+    kept_run = run_manifest(kept, "hello", {"name": "k", "times": 1})
+    kept_run["metadata"]["labels"] = {"team": "blue"}
+    kubectl.apply(kept_run)
     kubectl.wait_phase(kept, "Succeeded", timeout=90)
     kubectl.apply(run_manifest(live, "gate", {"key": live}))
     kubectl.wait_phase(live, "Suspended", timeout=90)
@@ -101,6 +103,7 @@ def test_list_shows_deleted_runs_filters_pages_and_isolates_namespaces(
     assert set(by_name(listed(kubectl, dsn, "--phase", "Succeeded"))) == {gone, kept}
     assert set(by_name(listed(kubectl, dsn, "--workflow", "gate"))) == {live}
     assert set(by_name(listed(kubectl, dsn, "--since", "1h"))) == {gone, kept, live}
+    assert set(by_name(listed(kubectl, dsn, "-l", "team=blue"))) == {kept}
     assert listed(kubectl, dsn, "--until", "2000-01-01T00:00:00Z")["items"] == []
 
     first = listed(kubectl, dsn, "--limit", "2")

@@ -45,6 +45,11 @@ def register(subparsers: Any) -> None:
     add("-n", "--namespace", action="append", dest="namespaces", help="namespace (repeatable)")
     add("-A", "--all-namespaces", action="store_true", help="every namespace you may list")
     add("--workflow", help="only runs of this Workflow")
+    add(
+        "-l",
+        "--selector",
+        help="label selector; matches existing WorkflowRuns only (a deleted run's labels are gone)",
+    )
     add("--phase", action="append", default=[], help="only runs in this phase (repeatable)")
     add("--since", help="created at or after: an RFC 3339 time or an age like 2h, 7d")
     add("--until", help="created before: an RFC 3339 time or an age like 30m")
@@ -170,11 +175,11 @@ def may_list(session: Session, namespace: str) -> bool:
     return bool(result.status is not None and result.status.allowed)
 
 
-def present_uids(session: Session, namespace: str) -> set[str]:
-    """Uids of the WorkflowRuns that still exist in `namespace`."""
+def present_uids(session: Session, namespace: str, selector: str | None = None) -> set[str]:
+    """Uids of the WorkflowRuns that still exist in `namespace` (matching `selector`)."""
     custom: Any = client.CustomObjectsApi(session.api)
     listing = custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, RUNS, _request_timeout=TIMEOUT
+        GROUP, VERSION, namespace, RUNS, label_selector=selector or "", _request_timeout=TIMEOUT
     )
     return {str(item["metadata"]["uid"]) for item in listing.get("items") or []}
 
@@ -199,10 +204,15 @@ def cmd_list(args: argparse.Namespace, session: Session) -> int:
             queries = RunQueries(store)
             pages = []
             for namespace in namespaces:
+                ids = None
+                if args.selector:
+                    matched = present_uids(session, namespace, args.selector)
+                    ids = tuple(sorted(matched))
                 flt = RunFilter(
                     namespace=namespace,
                     statuses=wanted,
                     workflow=args.workflow,
+                    ids=ids,
                     after=after,
                     limit=args.limit,
                 )
