@@ -273,6 +273,11 @@ def test_a_signal_sent_from_the_form_resumes_the_approval(
     name = apply_example(kubectl, "approval")
     kubectl.wait_phase(name, "Suspended", timeout=90)
     login(browser, ui, token, f"/ns/{kubectl.namespace}/runs/{name}")
+    # The input is previewed; its full value comes on demand, into the page.
+    browser.find_element(By.CSS_SELECTOR, 'a.full[href$="what=input"]').click()
+    box = browser.find_element(By.ID, "full-value")
+    wait_for("the full input", lambda: "New build server" in box.text, 30)
+    assert json.loads(box.text)["request_id"] == "po-7731"
     form = browser.find_element(By.CSS_SELECTOR, 'tr[data-promise="approval"] form.signal')
     data = form.find_element(By.NAME, "data")
     data.clear()

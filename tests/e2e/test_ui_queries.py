@@ -77,6 +77,8 @@ async def test_filters_and_progress(pg_store: PostgresStore) -> None:
         page = await queries.page(RunFilter(namespace="a", **flt))
         return sorted(row.run.name for row in page.rows)
 
+    assert await queries.workflows("a") == ["approval", "order"]
+    assert await queries.workflows("b") == []
     assert await names(workflow="approval") == ["approval-000", "approval-001"]
     assert await names(statuses=statuses(["Running"])) == ["order-000"]
     assert await names(text="ORDER-00") == ["order-000", "order-001", "order-002"]

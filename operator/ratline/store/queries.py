@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,7 @@ from ratline.store.postgres import Conn, PostgresStore, _run_record
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 MAX_PAGE = 200
+END = datetime(9999, 12, 31, tzinfo=UTC)  # later than any run
 
 # Per listed run, two lateral lookups on the events primary key: step progress and the
 # latest step. Shared by the keyset page and the OFFSET baseline (constant SQL only).
@@ -42,7 +43,9 @@ SELECT r.*, p.done, p.seen, c.current
  ORDER BY r.created_at DESC, r.id DESC
 """
 # The page: index-ordered and keyset-bounded; $-parameters only, a NULL filter is off.
-_PAGE = _PROGRESS.format(
+# The keyset bound is always there (the first page passes END, after every row), so
+# even a generic plan of this prepared statement keeps it as an index condition.
+PAGE = _PROGRESS.format(
     runs="""
     SELECT * FROM runs
      WHERE namespace = $1
@@ -51,7 +54,7 @@ _PAGE = _PROGRESS.format(
        AND ($4::text IS NULL OR strpos(lower(name), lower($4::text)) > 0
                              OR strpos(lower(workflow), lower($4::text)) > 0)
        AND ($5::text[] IS NULL OR id = ANY ($5::text[]))
-       AND ($6::timestamptz IS NULL OR (created_at, id) < ($6::timestamptz, $7::text))
+       AND (created_at, id) < ($6::timestamptz, $7::text)
      ORDER BY created_at DESC, id DESC
      LIMIT $8"""
 )
@@ -66,7 +69,19 @@ _IN_NAMESPACE = "SELECT * FROM runs WHERE id = $1 AND namespace = $2"
 _CHILDREN = (
     "SELECT * FROM runs WHERE parent_id = $1 AND namespace = $2 ORDER BY created_at, id LIMIT $3"
 )
-_WORKFLOWS = "SELECT DISTINCT workflow FROM runs WHERE namespace = $1 ORDER BY 1 LIMIT 200"
+# Distinct workflow names by a loose index scan (one index probe per name, on
+# runs_ui_ns_workflow_idx) instead of reading every run of the namespace.
+WORKFLOWS = """
+WITH RECURSIVE w AS (
+    (SELECT workflow FROM runs WHERE namespace = $1 ORDER BY workflow LIMIT 1)
+    UNION ALL
+    SELECT (SELECT r.workflow FROM runs r
+             WHERE r.namespace = $1 AND r.workflow > w.workflow
+             ORDER BY r.workflow LIMIT 1)
+      FROM w WHERE w.workflow IS NOT NULL
+)
+SELECT workflow FROM w WHERE workflow IS NOT NULL LIMIT 200
+"""
 
 
 class Cursor(BaseModel):
@@ -128,17 +143,7 @@ class RunQueries:
         """One page of `flt.namespace`'s runs, newest first."""
 
         async def op(conn: Conn) -> list[Any]:
-            return await conn.fetch(
-                _PAGE,
-                flt.namespace,
-                [s.value for s in flt.statuses] or None,
-                flt.workflow or None,
-                flt.text or None,
-                None if flt.ids is None else list(flt.ids),
-                flt.after.created_at if flt.after else None,
-                flt.after.id if flt.after else None,
-                flt.limit + 1,
-            )
+            return await conn.fetch(PAGE, *page_args(flt))
 
         rows = await self._store._call("list runs page", op)
         items = [_row(row) for row in rows[: flt.limit]]
@@ -182,9 +187,23 @@ class RunQueries:
         """Workflow names seen in `namespace` (the filter's choices)."""
 
         async def op(conn: Conn) -> list[Any]:
-            return await conn.fetch(_WORKFLOWS, namespace)
+            return await conn.fetch(WORKFLOWS, namespace)
 
         return [str(row["workflow"]) for row in await self._store._call("workflows", op)]
+
+
+def page_args(flt: RunFilter) -> tuple[Any, ...]:
+    """PAGE's parameters for `flt` (one more row than the page: is there a next page?)."""
+    return (
+        flt.namespace,
+        [s.value for s in flt.statuses] or None,
+        flt.workflow or None,
+        flt.text or None,
+        None if flt.ids is None else list(flt.ids),
+        flt.after.created_at if flt.after else END,
+        flt.after.id if flt.after else "",
+        flt.limit + 1,
+    )
 
 
 def _row(row: Any) -> RunRow:

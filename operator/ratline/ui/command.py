@@ -18,9 +18,6 @@ from typing import Any
 
 from kubernetes import client, config
 
-from ratline.store.postgres import PostgresStore
-from ratline.store.queries import RunQueries
-
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -61,6 +58,9 @@ def _kube(kubeconfig: str | None) -> client.Configuration:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `ratline --help` loads every command module.
+    from ratline.store.postgres import PostgresStore
+    from ratline.store.queries import RunQueries
     from ratline.ui.server import Config, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
