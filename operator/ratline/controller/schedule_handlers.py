@@ -221,6 +221,9 @@ class ScheduleDaemons:
                 except ApiException as exc:
                     log.warning("schedule %s: Kubernetes API %s; retrying", uid, exc.status)
                     until = utcnow() + timedelta(seconds=5)
+                except Exception:  # never let one bad tick end the schedule's daemon
+                    log.exception("schedule %s: tick failed; retrying in 30 s", uid)
+                    until = utcnow() + timedelta(seconds=30)
                 delay = max(0.05, (until - utcnow()).total_seconds())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=delay)

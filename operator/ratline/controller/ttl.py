@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from ratline.controller.children import LABEL_PARENT_UID
 from ratline.controller.context import Context
 from ratline.controller.kube import GROUP, RUNS, VERSION
 from ratline.controller.projection import FINAL_PHASES
@@ -73,6 +74,8 @@ class RunTtl:
         status, spec = body.get("status") or {}, body.get("spec") or {}
         if status.get("phase") not in FINAL_PHASES or not uid:
             return
+        if LABEL_PARENT_UID in (meta.get("labels") or {}) and not status.get("parentNotified"):
+            return  # a child run stays until its parent has its outcome (a later event)
         wf_spec = None
         if "ttlSecondsAfterFinished" not in spec:
             ref = str(status.get("workflow") or (spec.get("workflowRef") or {}).get("name") or "")
