@@ -123,6 +123,7 @@ class ScheduleDaemons:
         self.api = ScheduleApi(ctx.kube)
         self._wake: dict[str, asyncio.Event] = {}
         self._seen: dict[str, Any] = {}
+        self._posting: set[asyncio.Task[None]] = set()
 
     def poke(self, uid: str, generation: Any) -> None:
         """A spec change (new generation) wakes the schedule's daemon now."""
@@ -205,7 +206,11 @@ class ScheduleDaemons:
             "namespace": meta["namespace"],
             "uid": meta["uid"],
         }
-        asyncio.get_running_loop().create_task(self.ctx.kube.post_event(involved, reason, message))
+        task = asyncio.get_running_loop().create_task(
+            self.ctx.kube.post_event(involved, reason, message)
+        )
+        self._posting.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._posting.discard)
 
     async def loop(self, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
         """The daemon: tick, then sleep until the wake time or a spec change."""
