@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from ratline.controller.context import Context
+from ratline.controller.lifecycle_api import LifecycleApi
 from ratline.controller.schedule_handlers import ScheduleDaemons
 
 NOW = datetime(2026, 12, 2, 1, 10, 30, tzinfo=UTC)
@@ -37,13 +38,17 @@ class FakeApi:
         self.deleted: list[str] = []
         self.patches: list[dict[str, Any]] = []
 
-    async def runs_of(self, namespace: str, schedule: str) -> list[dict[str, Any]]:
+    async def runs_labelled(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        assert selector == "ratline.dev/schedule=s"
         return self.runs
 
-    async def delete_run(self, namespace: str, name: str) -> None:
+    async def delete_run(self, namespace: str, name: str, uid: str | None = None) -> bool:
         self.deleted.append(name)
+        return True
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_schedule_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
         self.patches.append(status)
 
 
@@ -69,9 +74,7 @@ def run(name: str, phase: str | None, finished: str | None = None) -> dict[str, 
 
 
 def daemons(kube: FakeKube, api: FakeApi) -> ScheduleDaemons:
-    made = ScheduleDaemons(cast(Context, SimpleNamespace(kube=kube)))
-    made.api = api  # type: ignore[assignment]
-    return made
+    return ScheduleDaemons(cast(Context, SimpleNamespace(kube=kube)), cast(LifecycleApi, api))
 
 
 async def test_a_due_firing_creates_its_run_and_records_it() -> None:

@@ -20,17 +20,19 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 
 from ratline.cli import output
-from ratline.cli.runs import GROUP, RUNS, TIMEOUT, VERSION, CliError, Session, _guard
+from ratline.cli.runs import TIMEOUT, CliError, Session, _guard
+from ratline.controller.lifecycle_api import GROUP, RUNS, VERSION
 from ratline.sdk.durations import parse_duration
 from ratline.store import RunStatus, open_store
-from ratline.store.postgres import PostgresStore
-from ratline.store.queries import MAX_PAGE, Cursor, RunFilter, RunQueries, RunRow, statuses
-from ratline.store.run_namespaces import run_namespaces
+
+if TYPE_CHECKING:  # the store's Postgres modules load asyncpg: only when a command runs
+    from ratline.store.postgres import PostgresStore
+    from ratline.store.queries import Cursor, RunRow
 
 HEADERS = ("namespace", "name", "workflow", "phase", "progress", "created", "finished")
 WIDE = (*HEADERS, "step", "uid", "started", "cr")
@@ -53,7 +55,7 @@ def register(subparsers: Any) -> None:
     add("--phase", action="append", default=[], help="only runs in this phase (repeatable)")
     add("--since", help="created at or after: an RFC 3339 time or an age like 2h, 7d")
     add("--until", help="created before: an RFC 3339 time or an age like 30m")
-    add("--limit", type=int, default=50, help=f"runs per page (1-{MAX_PAGE})")
+    add("--limit", type=int, default=50, help="runs per page (1-200)")
     add("--after", help="the page cursor a previous page printed")
     add("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
     add("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube)")
@@ -89,6 +91,8 @@ def parse_time(text: str | None, field: str, now: datetime) -> datetime | None:
 
 def start_cursor(after: Cursor | None, until: datetime | None) -> Cursor | None:
     """The tighter of the page cursor and `--until` (rows strictly older than both)."""
+    from ratline.store.queries import Cursor
+
     bound = Cursor(created_at=until, id="") if until is not None else None
     if after is None or bound is None:
         return after or bound
@@ -103,6 +107,8 @@ class Page:
 
 def merge_pages(pages: Iterable[tuple[Sequence[RunRow], bool]], limit: int, since: Any) -> Page:
     """Namespaces' pages (rows, has more) -> one newest-first page of at most `limit`."""
+    from ratline.store.queries import Cursor
+
     rows: list[RunRow] = []
     more = False
     for page_rows, page_more in pages:
@@ -185,6 +191,9 @@ def present_uids(session: Session, namespace: str, selector: str | None = None) 
 
 
 def cmd_list(args: argparse.Namespace, session: Session) -> int:
+    from ratline.store.postgres import PostgresStore
+    from ratline.store.queries import MAX_PAGE, Cursor, RunFilter, RunQueries, statuses
+
     now = datetime.now(UTC)
     since = parse_time(args.since, "--since", now)
     until = parse_time(args.until, "--until", now)
@@ -251,6 +260,8 @@ async def allowed_namespaces(
 ) -> list[str]:
     """The namespaces to read: asked for (each must be allowed) or, with -A, every
     namespace in the store the user may list WorkflowRuns in."""
+    from ratline.store.run_namespaces import run_namespaces
+
     if args.all_namespaces:
         known = await run_namespaces(store)
         if await asyncio.to_thread(may_list, session, ""):
@@ -268,6 +279,9 @@ def stored_run(session: Session, name: str) -> dict[str, Any] | None:
     """A WorkflowRun-shaped stand-in, from the store, for a run named `name` whose
     WorkflowRun is gone (the newest such run); None if the store has none. Used by
     `history` and `describe`; allowed only where the user may list WorkflowRuns."""
+    from ratline.store.postgres import PostgresStore
+    from ratline.store.queries import MAX_PAGE, RunFilter, RunQueries
+
     if not may_list(session, session.namespace):
         return None
 

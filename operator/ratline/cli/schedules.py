@@ -15,11 +15,10 @@ from typing import Any
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from ratline.cli.runs import GROUP, RUNS, TIMEOUT, VERSION, CliError, Session, _guard
+from ratline.cli.runs import TIMEOUT, CliError, Session, _guard
+from ratline.controller.lifecycle_api import GROUP, RUNS, SCHEDULES, VERSION
 from ratline.controller.schedules import run_body
 from ratline.controller.units import utcnow
-
-SCHEDULES = "workflowschedules"
 
 
 def register(subparsers: Any) -> None:

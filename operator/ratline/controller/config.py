@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ratline.controller.units import parse_duration
+from ratline.sdk.durations import parse_duration
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError("--idle-threshold must be >= 0")
     if args.max_retries < 0:
         raise ValueError("--max-retries must be >= 0")
-    retention = None if not args.retention else parse_duration(args.retention)
+    retention = None if not args.retention else parse_duration(args.retention).total_seconds()
     if retention is not None and retention <= 0:
         raise ValueError("--retention must be a positive duration like 30d")
     if args.retention_batch < 1:

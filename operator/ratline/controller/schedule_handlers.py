@@ -21,7 +21,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from ratline.controller.context import Context
-from ratline.controller.kube import GROUP, RUNS, VERSION, Kube
+from ratline.controller.lifecycle_api import GROUP, SCHEDULES, VERSION, LifecycleApi
 from ratline.controller.schedules import (
     ANNOTATION_SCHEDULED_TIME,
     LABEL_SCHEDULE,
@@ -35,55 +35,8 @@ from ratline.controller.schedules import (
 from ratline.controller.units import iso, parse_iso, utcnow
 
 log = logging.getLogger(__name__)
-SCHEDULES = "workflowschedules"
 RESYNC = timedelta(seconds=60)  # look again at least this often (runs finishing, pruning)
 ACTIVE_RECHECK = timedelta(seconds=5)  # while runs are active: their ends free history
-MERGE = "application/merge-patch+json"
-TIMEOUT = 30
-
-
-class ScheduleApi:
-    """The schedule daemon's API calls (plain dicts; 404 on delete is success)."""
-
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-
-    async def runs_of(self, namespace: str, schedule: str) -> list[dict[str, Any]]:
-        custom = self.kube.custom
-        data: Any = await asyncio.to_thread(
-            lambda: custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, RUNS, label_selector=f"{LABEL_SCHEDULE}={schedule}",
-                _request_timeout=TIMEOUT,
-            )
-        )  # fmt: skip
-        items: list[dict[str, Any]] = data.get("items") or []
-        return items
-
-    async def delete_run(self, namespace: str, name: str) -> None:
-        custom = self.kube.custom
-        try:
-            await asyncio.to_thread(
-                lambda: custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, namespace, RUNS, name, propagation_policy="Background",
-                    _request_timeout=TIMEOUT,
-                )
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        custom = self.kube.custom
-        try:
-            await asyncio.to_thread(
-                lambda: custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, SCHEDULES, name, {"status": status},
-                    _request_timeout=TIMEOUT, _content_type=MERGE,
-                )
-            )  # fmt: skip
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 def run_info(run: dict[str, Any]) -> RunInfo:
@@ -118,9 +71,9 @@ def ready(status: str, reason: str, message: str, generation: Any, old: Any) -> 
 class ScheduleDaemons:
     """Per-schedule loops and the events that wake them early."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, api: LifecycleApi) -> None:
         self.ctx = ctx
-        self.api = ScheduleApi(ctx.kube)
+        self.api = api
         self._wake: dict[str, asyncio.Event] = {}
         self._seen: dict[str, Any] = {}
         self._posting: set[asyncio.Task[None]] = set()
@@ -145,7 +98,9 @@ class ScheduleDaemons:
             }
             await self._patch_if_changed(namespace, name, status, invalid)
             return None, now + RESYNC
-        runs = [run_info(r) for r in await self.api.runs_of(namespace, name)]
+        runs = [
+            run_info(r) for r in await self.api.runs_labelled(namespace, f"{LABEL_SCHEDULE}={name}")
+        ]
         last = parse_iso(status.get("lastScheduleTime"))
         created = parse_iso(meta.get("creationTimestamp")) or now
         decision = decide(now, spec, last, created, runs)
@@ -197,7 +152,7 @@ class ScheduleDaemons:
             return bool(old == value)
 
         if not all(same(k, v) for k, v in patch.items()):
-            await self.api.patch_status(namespace, name, patch)
+            await self.api.patch_schedule_status(namespace, name, patch)
 
     def _emit(self, meta: dict[str, Any], reason: str, message: str) -> None:
         involved = {
@@ -237,9 +192,11 @@ class ScheduleDaemons:
             self._seen.pop(uid, None)
 
 
-def register_schedules(registry: kopf.OperatorRegistry, ctx: Context) -> ScheduleDaemons:
+def register_schedules(
+    registry: kopf.OperatorRegistry, ctx: Context, api: LifecycleApi
+) -> ScheduleDaemons:
     """Add the WorkflowSchedule daemon and its wake-up handler to `registry`."""
-    daemons = ScheduleDaemons(ctx)
+    daemons = ScheduleDaemons(ctx, api)
 
     @kopf.daemon(GROUP, VERSION, SCHEDULES, registry=registry, cancellation_timeout=5.0)
     async def schedule_daemon(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:

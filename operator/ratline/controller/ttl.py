@@ -19,16 +19,14 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ratline.controller.children import LABEL_PARENT_UID
 from ratline.controller.context import Context
-from ratline.controller.kube import GROUP, RUNS, VERSION
+from ratline.controller.lifecycle_api import GROUP, LABEL_PARENT_UID, RUNS, VERSION, LifecycleApi
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.units import parse_iso, utcnow
 
 log = logging.getLogger(__name__)
 WORKFLOW_CACHE_S = 30.0
 RETRY_S = 30.0
-TIMEOUT = 30
 
 
 def ttl_seconds(run_spec: dict[str, Any], workflow_spec: dict[str, Any] | None) -> int | None:
@@ -51,8 +49,9 @@ def expires_at(status: dict[str, Any], ttl: int | None) -> datetime | None:
 class RunTtl:
     """One timer per finished run with a TTL."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, api: LifecycleApi) -> None:
         self.ctx = ctx
+        self.api = api
         self._armed: dict[str, tuple[datetime, asyncio.Task[None]]] = {}
         self._workflows: dict[tuple[str, str], tuple[float, dict[str, Any] | None]] = {}
 
@@ -100,30 +99,20 @@ class RunTtl:
 
     async def _expire(self, namespace: str, name: str, uid: str, due: datetime) -> None:
         await asyncio.sleep(max(0.0, (due - utcnow()).total_seconds()))
-        custom = self.ctx.kube.custom
-        body: Any = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         while True:
             try:
-                await asyncio.to_thread(
-                    lambda: custom.delete_namespaced_custom_object(
-                        GROUP, VERSION, namespace, RUNS, name, body=body, _request_timeout=TIMEOUT
-                    )
-                )
-                log.info(
-                    "deleted WorkflowRun %s/%s: ttlSecondsAfterFinished passed", namespace, name
-                )
+                if await self.api.delete_run(namespace, name, uid):
+                    log.info("deleted WorkflowRun %s/%s: its TTL passed", namespace, name)
                 break
             except ApiException as exc:
-                if exc.status in (404, 409):  # gone already, or a new run took the name
-                    break
                 log.warning("TTL delete of %s/%s failed: %s; retrying", namespace, name, exc)
             await asyncio.sleep(RETRY_S)
         self._armed.pop(uid, None)
 
 
-def register_ttl(registry: kopf.OperatorRegistry, ctx: Context) -> RunTtl:
+def register_ttl(registry: kopf.OperatorRegistry, ctx: Context, api: LifecycleApi) -> RunTtl:
     """Add the WorkflowRun TTL handler to `registry`."""
-    ttl = RunTtl(ctx)
+    ttl = RunTtl(ctx, api)
 
     @kopf.on.event(GROUP, VERSION, RUNS, registry=registry)
     async def run_ttl_event(**kwargs: Any) -> None:
