@@ -24,13 +24,15 @@ class FakeKube:
 
 
 class FakeApi:
-    def __init__(self) -> None:
+    def __init__(self, wanted: int = 1) -> None:
         self.deleted: list[tuple[str, str | None]] = []
-        self.done = asyncio.Event()
+        self.wanted = wanted
+        self.done = asyncio.Event()  # set once `wanted` deletions happened
 
     async def delete_run(self, namespace: str, name: str, uid: str | None = None) -> bool:
         self.deleted.append((name, uid))
-        self.done.set()
+        if len(self.deleted) >= self.wanted:
+            self.done.set()
         return True
 
 
@@ -57,16 +59,12 @@ async def test_an_expired_run_is_deleted_with_its_uid_as_precondition() -> None:
 
 
 async def test_the_workflow_default_applies_and_is_cached() -> None:
-    kube, api = FakeKube({"defaults": {"ttlSecondsAfterFinished": 0}}), FakeApi()
+    kube, api = FakeKube({"defaults": {"ttlSecondsAfterFinished": 0}}), FakeApi(wanted=2)
     ttl = ttl_for(kube, api)
     await ttl.on_event("MODIFIED", body("a", "Failed", 1))
     await ttl.on_event("MODIFIED", body("b", "Failed", 1))
 
-    async def both() -> None:
-        while len(api.deleted) < 2:
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(both(), timeout=5)
+    await asyncio.wait_for(api.done.wait(), timeout=5)
     assert sorted(n for n, _ in api.deleted) == ["a", "b"]
     assert kube.gets == 1
 
