@@ -11,6 +11,7 @@
 # go through the same certificate authority as the host's.
 #
 #   ratline-e2e:local               (worker-image/e2e.Dockerfile: + the e2e test workflows)
+#   ratline.local/postgres:15       (Debian's PostgreSQL for the chart's bundled database)
 # Output: docker-archive tarballs in ~/.cache/ratline/images-<hash>/, where
 # <hash> covers every input (Dockerfiles, package sources, examples, this
 # script); each image is cached under its own content hash in
@@ -72,7 +73,9 @@ for spec in "${SPECS[@]}"; do
   HASH[$name]="$(echo "${HASH[$parent]} $SELF $(files_hash $inputs "$dockerfile" "$dockerfile.dockerignore")" | sha256sum | cut -c1-16)"
 done
 HASH[pause]="$(echo "$SELF $(files_hash worker-image/pause)" | sha256sum | cut -c1-16)"
-IMAGES=(operator worker examples e2e pause)
+HASH[postgres]="$(echo "$SELF $SUITE $(files_hash worker-image/postgres-entrypoint.sh)" | sha256sum | cut -c1-16)"
+REF[postgres]=ratline.local/postgres:15
+IMAGES=(operator worker examples e2e pause postgres)
 ALL="$(for i in "${IMAGES[@]}"; do echo "${HASH[$i]}"; done | sha256sum | cut -c1-16)"
 OUT="$CACHE/images-$ALL"
 STORE="$CACHE/images"   # one tarball per image and hash, shared by the sets above
@@ -165,6 +168,23 @@ PY
     "${B[@]}" commit --quiet "$pctr" "$PAUSE_REF" >/dev/null
     "${B[@]}" push --quiet "$PAUSE_REF" "docker-archive:$(tarball pause).tmp:$PAUSE_REF"
     mv "$(tarball pause).tmp" "$(tarball pause)"
+  fi
+  if [[ ! -s "$(tarball postgres)" ]]; then
+    # The chart's bundled database (postgresql.enabled) where docker.io cannot be pulled:
+    # Debian's PostgreSQL 15 as uid 70 (the chart's default, the alpine image's user).
+    say "building ${REF[postgres]} (mmdebstrap + worker-image/postgres-entrypoint.sh)"
+    mmdebstrap --quiet --format=tar --variant=minbase --include=postgresql-15 \
+      --customize-hook='chroot "$1" sh -c "groupadd --system --gid 70 pgdata && useradd --system --uid 70 --gid 70 --home-dir /var/lib/postgresql --no-create-home --shell /bin/sh pgdata && rm -rf /var/lib/postgresql/15 /etc/postgresql/15/main && install -d -o 70 -g 70 -m 0775 /var/run/postgresql"' \
+      "$SUITE" "$work/pg-rootfs.tar" || die "mmdebstrap (postgresql-15) failed"
+    local gctr; gctr="$("${B[@]}" from scratch)"
+    "${B[@]}" add --quiet "$gctr" "$work/pg-rootfs.tar" / >/dev/null
+    "${B[@]}" copy --quiet "$gctr" "$REPO/worker-image/postgres-entrypoint.sh" /usr/local/bin/postgres-entrypoint >/dev/null
+    "${B[@]}" config --env PATH=/usr/lib/postgresql/15/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --env PGDATA=/var/lib/postgresql/data/pgdata --env LANG=C.UTF-8 --user 70:70 --port 5432 \
+      --entrypoint '["/usr/local/bin/postgres-entrypoint"]' "$gctr"
+    "${B[@]}" commit --quiet "$gctr" "${REF[postgres]}" >/dev/null
+    "${B[@]}" push --quiet "${REF[postgres]}" "docker-archive:$(tarball postgres).tmp:${REF[postgres]}"
+    mv "$(tarball postgres).tmp" "$(tarball postgres)"
   fi
   # The vfs store holds full copies of every layer; unmount before removing it.
   "${B[@]}" rm --all >/dev/null 2>&1 || true

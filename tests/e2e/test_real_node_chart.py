@@ -7,20 +7,24 @@ the examples image) to Succeeded; the chart's bundled Postgres StatefulSet runs 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.cluster.node import build_images
 from tests.cluster.real_node_fixtures import RealCluster
-from tests.e2e.conftest import Kubectl
+from tests.e2e.conftest import Kubectl, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ratline"
 HELLO = REPO / "examples" / "hello"
+RELEASE_PG = "rl-postgresql"  # fullnameOverride "rl" + the chart's suffix
 
 
 def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
@@ -76,3 +80,74 @@ def test_chart_operator_container_runs_hello(
 
     kubectl.run("delete", "workflowruns", "--all", "--wait", "--timeout=60s")
     cluster.helm("uninstall", release, "-n", real_namespace, "--wait", "--timeout", "120s")
+
+
+def test_chart_bundled_postgres_statefulset_runs(
+    real_cluster: RealCluster, real_namespace: str, tmp_path: Path
+) -> None:
+    """postgresql.enabled: the StatefulSet's pod (Debian's Postgres as uid 70, image
+    `ratline.local/postgres:15`) gets its PVC bound to a hostPath PV, passes Pod Security
+    `restricted`, becomes Ready and serves its database. The operator is scaled to 0 and
+    the migration hook is off: the chart's DSN names the Service by DNS, which this
+    cluster has no server for."""
+    cluster = real_cluster.cluster
+    kubectl = Kubectl(cluster.kubeconfig, real_namespace)
+    plane = real_cluster.plane
+    assert plane.slot is not None
+    images = build_images()
+    sock = str(real_cluster.containerd_socket)
+    subprocess.run(
+        ["ctr", "--address", sock, "-n", "k8s.io", "images", "import",
+         str(images / "postgres.tar")],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    data = plane.slot.var_dir / "pv" / real_namespace
+    data.mkdir(parents=True)
+    os.chown(data, 70, 70)
+    pv = f"pv-{real_namespace}"
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "8Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "",
+                "claimRef": {"namespace": real_namespace, "name": f"data-{RELEASE_PG}-0"},
+                "hostPath": {"path": str(data), "type": "Directory"},
+            },
+        }
+    )
+    values = values_file(
+        tmp_path,
+        {
+            "fullnameOverride": "rl",
+            "operator": {"replicas": 0},
+            "migration": {"enabled": False},
+            "postgresql": {
+                "enabled": True,
+                "image": {"repository": "ratline.local/postgres", "tag": "15"},
+            },
+        },
+    )
+    try:
+        cluster.helm("install", "db", str(CHART), "-n", real_namespace, "-f", values,
+                     "--take-ownership", timeout=300)  # fmt: skip
+        wait_for("the StatefulSet's pod", lambda: kubectl.get("pod", f"{RELEASE_PG}-0"), 120)
+        kubectl.run("wait", "--for=condition=Ready", f"pod/{RELEASE_PG}-0", "--timeout=240s")
+        who = kubectl.run(
+            "exec", f"{RELEASE_PG}-0", "--", "psql", "-h", "/var/run/postgresql",
+            "-U", "ratline", "-d", "ratline", "-tAc",
+            "SELECT current_user || '@' || current_database()",
+        ).stdout.strip()  # fmt: skip
+        assert who == "ratline@ratline"
+        pod = kubectl.get("pod", f"{RELEASE_PG}-0")
+        assert pod is not None
+        assert pod["spec"]["containers"][0]["securityContext"]["runAsUser"] == 70
+        assert (data / "pgdata" / "PG_VERSION").exists()  # on the hostPath PV
+    finally:
+        cluster.helm("uninstall", "db", "-n", real_namespace, "--wait", check=False)
+        kubectl.run("delete", "pvc", "--all", "--wait=false", check=False)
+        kubectl.run("delete", "pv", pv, "--wait=false", namespaced=False, check=False)
