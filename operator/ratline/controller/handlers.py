@@ -24,6 +24,7 @@ from ratline.controller.reconciler import InvalidSpec, Reconciler
 from ratline.controller.status import RunKey
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
+from ratline.controller.workflows import accepted_patch
 from ratline.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def kopf_settings(settings: kopf.OperatorSettings | None = None) -> kopf.Operato
         key="last-handled-configuration",
         ignored_fields=["spec.input"],  # immutable, and possibly large
     )
-    settings.posting.reporting_component = "ratline-operator"
-    settings.posting.event_name_prefix = "ratline-"
+    # One client stack for writes: kopf watches; Events, like every other write, go
+    # through `Kube` (ratline.controller.kube), so kopf's own posting is off.
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -70,10 +72,7 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
 
     @kopf.on.resume(GROUP, VERSION, RUNS, registry=registry)
     async def run_resumed(**kwargs: Any) -> None:
-        status = kwargs.get("status") or {}
-        labels = kwargs.get("labels") or {}
-        child = LABEL_PARENT_UID in labels and not status.get("parentNotified")
-        if status.get("phase") in FINAL_PHASES and not child:
+        if not needs_attention(dict(kwargs["body"])):
             return  # nothing left to do: keeps restarts cheap with many finished runs
         await reconcile(kwargs["namespace"], kwargs["name"], "resume")
 
@@ -100,13 +99,11 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
         waiting = await reconciler.workflow_appeared(namespace, name)
         if waiting:
             log.info("Workflow %s/%s appeared; reconciled %s", namespace, name, waiting)
-        generation = (kwargs.get("meta") or {}).get("generation")
-        if generation and (kwargs.get("status") or {}).get("observedGeneration") != generation:
+        patch = accepted_patch(dict(kwargs["body"]))
+        if patch is not None:
             try:
-                await ctx.kube.patch_workflow_status(
-                    namespace, name, {"observedGeneration": generation}
-                )
-            except ApiException as exc:  # cosmetic: never block the runs on it
+                await ctx.kube.patch_workflow_status(namespace, name, patch)
+            except ApiException as exc:  # best effort: never block the runs on it
                 log.warning("cannot update status of Workflow %s/%s: %s", namespace, name, exc)
 
     @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: "ratline"}, registry=registry)
@@ -125,6 +122,14 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
                 ctx.scheduler.at(utcnow() + timedelta(seconds=5), key, "pod event retry")
 
     return registry
+
+
+def needs_attention(obj: dict[str, Any]) -> bool:
+    """Not final yet, or a finished child that has not told its parent: worth reconciling."""
+    status = obj.get("status") or {}
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    child = LABEL_PARENT_UID in labels and not status.get("parentNotified")
+    return status.get("phase") not in FINAL_PHASES or child
 
 
 def _pod_name(pod: dict[str, Any]) -> str:

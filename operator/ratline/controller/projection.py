@@ -54,7 +54,15 @@ PROJECTED_KEYS = (
     "startedAt",
     "finishedAt",
 )
-PROJECTED_CONDITIONS = frozenset({"Finished", "NonDeterministic"})
+# Store error types that end a run for a reason with its own condition (docs/crds.md).
+ERROR_CONDITIONS = {
+    "InputValidationError": "InputInvalid",
+    "InputInvalid": "InputInvalid",
+    "EntrypointInvalid": "EntrypointInvalid",
+    "WorkerConfigInvalid": "WorkerConfigInvalid",
+    "RetriesExhausted": "RetriesExhausted",
+}
+PROJECTED_CONDITIONS = frozenset({"Finished", "NonDeterministic", *ERROR_CONDITIONS.values()})
 
 _UNSEEN, _SEEN, _DONE = 0, 1, 2
 
@@ -425,6 +433,10 @@ def project(record: RunRecord | None, fold: HistoryFold) -> Projection:
     if finished:
         message = fields["error"] or ("completed" if phase == "Succeeded" else phase.lower())
         conditions["Finished"] = {"status": "True", "reason": phase, "message": message}
+    failure = ERROR_CONDITIONS.get(str((record.error or {}).get("type")))
+    if record.status is RunStatus.FAILED and failure is not None:
+        message = error_text(record.error, 2000)
+        conditions[failure] = {"status": "True", "reason": failure, "message": message}
     if record.status is RunStatus.BLOCKED:
         blocked = fold.blocked or (record.error or {})
         conditions["NonDeterministic"] = {

@@ -33,6 +33,11 @@ class RunStatus(enum.StrEnum):
     def finished(self) -> bool:
         return self in _FINISHED
 
+    @property
+    def resting(self) -> bool:
+        """Finished or blocked: nothing will advance the run again (no worker needed)."""
+        return self in _FINISHED or self is RunStatus.BLOCKED
+
 
 _FINISHED = {
     RunStatus.SUCCEEDED,
