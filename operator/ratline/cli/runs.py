@@ -27,11 +27,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ratline.cli import output
+from ratline.controller.kube import in_cluster, load_api_client
 from ratline.errors import LeaseHeldError, RatlineError
+from ratline.protocol import GROUP, RUNS, VERSION, WORKFLOWS
 from ratline.sdk.durations import parse_duration
 from ratline.store import Event, EventType, NewEvent, NewRun, RunStatus, Store, open_store
 
-GROUP, VERSION, RUNS, WORKFLOWS = "ratline.dev", "v1alpha1", "workflowruns", "workflows"
 MERGE = "application/merge-patch+json"
 TIMEOUT = 30
 RETRY_OF = "ratline.dev/retry-of"
@@ -138,7 +139,7 @@ class Session:
         self.namespace: str = args.namespace or self._default_namespace()
 
     def _default_namespace(self) -> str:
-        if _in_cluster(self.args.kubeconfig):
+        if in_cluster(self.args.kubeconfig):
             path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
             try:
                 with open(path) as file:
@@ -159,16 +160,7 @@ class Session:
     @property
     def api(self) -> client.ApiClient:
         if self._api is None:
-            if _in_cluster(self.args.kubeconfig):
-                configuration = client.Configuration()
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration
-                )
-                self._api = client.ApiClient(configuration)
-            else:
-                self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                    config_file=self.args.kubeconfig, context=self.args.context
-                )
+            self._api = load_api_client(self.args.kubeconfig, self.args.context)
         return self._api
 
     def _custom(self) -> Any:
@@ -249,14 +241,6 @@ class Session:
         if key not in data:
             raise CliError(f"Secret {secret_name!r} in {self.namespace!r} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
-
-
-def _in_cluster(kubeconfig: str | None) -> bool:
-    return bool(
-        kubeconfig is None
-        and os.environ.get("KUBERNETES_SERVICE_HOST")
-        and not os.environ.get("KUBECONFIG")
-    )
 
 
 async def _with_store(dsn: str, work: Any) -> Any:
@@ -364,7 +348,7 @@ def retry_plan(history: Sequence[Event], status: RunStatus, from_step: str | Non
     left behind. Steps whose compensation already ran cannot be kept: their
     effect was undone.
     """
-    if not (status.finished or status is RunStatus.BLOCKED):
+    if not status.resting:
         raise CliError(
             f"the run is {status.value}; only finished (failed, cancelled, timed out) or "
             "blocked runs can be retried"

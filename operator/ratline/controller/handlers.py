@@ -16,9 +16,6 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ratline.controller.children import LABEL_PARENT_UID
-from ratline.controller.kube import GROUP, RUNS, VERSION, WORKFLOWS
-from ratline.controller.pods import MANAGED_BY
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
 from ratline.controller.status import RunKey
@@ -26,6 +23,15 @@ from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
 from ratline.controller.workflows import accepted_patch
 from ratline.errors import StoreError
+from ratline.protocol import (
+    GROUP,
+    LABEL_PARENT_UID,
+    LABEL_RUN_UID,
+    MANAGED_BY,
+    RUNS,
+    VERSION,
+    WORKFLOWS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +144,7 @@ def _pod_name(pod: dict[str, Any]) -> str:
 
 def _run_of(pod: dict[str, Any]) -> RunKey | None:
     meta = pod.get("metadata") or {}
-    uid = (meta.get("labels") or {}).get("ratline.dev/run-uid")
+    uid = (meta.get("labels") or {}).get(LABEL_RUN_UID)
     owner = next(
         (o for o in meta.get("ownerReferences") or [] if o.get("kind") == "WorkflowRun"), None
     )

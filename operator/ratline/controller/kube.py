@@ -24,23 +24,32 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ratline.controller.units import iso, utcnow
+from ratline.protocol import GROUP, RUNS, VERSION, WORKFLOWS
 
 log = logging.getLogger(__name__)
-GROUP = "ratline.dev"
-VERSION = "v1alpha1"
-RUNS = "workflowruns"
-WORKFLOWS = "workflows"
 TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-def load_api_client() -> client.ApiClient:
-    """In-cluster credentials inside a pod, else $KUBECONFIG / ~/.kube/config."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+def in_cluster(kubeconfig: str | None = None) -> bool:
+    """Inside a pod, with no kubeconfig asked for: use the ServiceAccount."""
+    return bool(
+        kubeconfig is None
+        and os.environ.get("KUBERNETES_SERVICE_HOST")
+        and not os.environ.get("KUBECONFIG")
+    )
+
+
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """In-cluster credentials inside a pod, else `kubeconfig` / $KUBECONFIG / ~/.kube/config.
+    The operator and the `ratline` CLI both connect through this."""
+    if in_cluster(kubeconfig):
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return client.ApiClient(configuration)
-    api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, context=context
+    )
     return api
 
 

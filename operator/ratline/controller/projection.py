@@ -68,8 +68,10 @@ _UNSEEN, _SEEN, _DONE = 0, 1, 2
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
-    """Compact JSON of `value`, cut to `limit` characters (the full value stays in the store)."""
+    """One-line compact JSON of `value`, cut to `limit` characters (the full value stays in
+    the store). Status, Events and the CLI's tables all show values through this."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

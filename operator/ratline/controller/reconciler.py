@@ -15,14 +15,16 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from ratline.controller.children import LABEL_PARENT_UID, Children
+from ratline.controller.children import Children
 from ratline.controller.context import Context
 from ratline.controller.pods import PodExit, pod_exit
 from ratline.controller.projection import FINAL_PHASES, HistoryFold, project
 from ratline.controller.status import RunKey
-from ratline.controller.units import iso, parse_duration, parse_iso, utcnow
+from ratline.controller.units import iso, parse_iso, utcnow
 from ratline.controller.workers import Workers, is_live
 from ratline.errors import PermanentError, StoreError
+from ratline.protocol import LABEL_PARENT_UID
+from ratline.sdk.durations import parse_duration
 from ratline.store.base import InboxKind, NewRun, RunRecord, RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class Reconciler:
         status = ctx.writer.view(key.uid)
         text = spec.get("maxDuration") or (wf_spec.get("defaults") or {}).get("maxDuration")
         try:
-            max_duration = parse_duration(str(text)) if text else None
+            max_duration = parse_duration(str(text)).total_seconds() if text else None
         except ValueError as exc:
             raise InvalidSpec(f"maxDuration: {exc}") from None
         labels = obj["metadata"].get("labels") or {}
@@ -206,7 +208,7 @@ class Reconciler:
     async def _ensure_worker(self, key: RunKey, obj: dict[str, Any], record: RunRecord) -> None:
         """Start a worker if the run needs one and none is alive (respecting backoff, slots)."""
         ctx = self.ctx
-        if record.status.finished or record.status is RunStatus.BLOCKED:
+        if record.status.resting:
             await ctx.projector.refresh(key)
             ctx.slots.remove(key.uid)
             return

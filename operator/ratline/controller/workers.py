@@ -20,9 +20,6 @@ from typing import Any
 from ratline.controller.context import Context
 from ratline.controller.exits import Limits, decide
 from ratline.controller.pods import (
-    LABEL_ATTEMPT,
-    LABEL_RUN_UID,
-    LABEL_WORKFLOW,
     ExitAction,
     PodExit,
     WorkerPodParams,
@@ -35,6 +32,7 @@ from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.status import RunKey
 from ratline.controller.units import iso, utcnow
 from ratline.controller.workflows import mark_unusable
+from ratline.protocol import LABEL_ATTEMPT, LABEL_RUN_UID, LABEL_WORKFLOW
 from ratline.store.base import RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
