@@ -19,6 +19,7 @@ from ratline.controller.children import Children
 from ratline.controller.context import Context
 from ratline.controller.pods import PodExit, pod_exit
 from ratline.controller.projection import FINAL_PHASES, HistoryFold, project
+from ratline.controller.retry import RetryRefused, seed
 from ratline.controller.status import RunKey
 from ratline.controller.units import iso, parse_iso, utcnow
 from ratline.controller.workers import Workers, is_live
@@ -94,6 +95,9 @@ class Reconciler:
         record = await ctx.store.get_run(key.uid)
         if record is None:
             record = await self._create_record(key, obj, wf_spec)
+        retry_of = spec.get("retryOf") or {}
+        if retry_of and record.history_length == 0:
+            record = await self._seed(key, retry_of, record)
         if not record.status.finished and await self._deliver(key, spec, record):
             record = await ctx.store.get_run(key.uid) or record
         await self._ensure_worker(key, obj, record)
@@ -164,6 +168,18 @@ class Reconciler:
         ctx.projector.track(key)
         return record
 
+    async def _seed(self, key: RunKey, retry_of: dict[str, Any], record: RunRecord) -> RunRecord:
+        """`spec.retryOf`: inherit the old run's history before any worker starts."""
+        old, step = str(retry_of.get("uid") or ""), str(retry_of.get("fromStep") or "")
+        try:
+            plan = await seed(self.ctx.store, key.uid, old, step)
+        except RetryRefused as exc:
+            raise InvalidSpec(f"spec.retryOf: {exc}") from None
+        if plan is not None:
+            kept = ", ".join(plan.kept_steps) or "none"
+            self.ctx.emit(key, "RetrySeeded", f"retrying {old} from step {step} (kept: {kept})")
+        return await self.ctx.store.get_run(key.uid) or record
+
     async def _deliver(self, key: RunKey, spec: dict[str, Any], record: RunRecord) -> bool:
         """Write new signals, rejections, cancel and timeout into the inbox, once each."""
         ctx = self.ctx
@@ -182,10 +198,14 @@ class Reconciler:
                 wanted.append(("timeout", InboxKind.TIMEOUT, None))
             else:
                 ctx.scheduler.at(deadline, key, "maxDuration")
+        # `delivered` in status only saves round trips (it is capped for size); the inbox
+        # is what decides: `deliver` is a no-op for a name it holds, and says so.
         fresh = [item for item in wanted if item[0] not in done]
         for name, kind, payload in fresh:
-            await ctx.store.deliver(key.uid, name, kind, payload)
+            first = await ctx.store.deliver(key.uid, name, kind, payload)
             done.add(name)
+            if not first:
+                continue
             if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
                 ctx.metrics.signal_delivered(key.uid, name)
             verb = {

@@ -57,7 +57,7 @@ class Workers:
         return sum(1 for pod in pods if is_live(pod))
 
     async def start(self, key: RunKey, status: dict[str, Any], wf_spec: dict[str, Any]) -> str:
-        """Record the activation durably, then create its pod (idempotent by name)."""
+        """Create the activation's pod (idempotent by name), then record it in status."""
         ctx = self.ctx
         attempt = int(status.get("activations") or 0) + 1
         params = WorkerPodParams(
@@ -77,11 +77,14 @@ class Workers:
         )
         body = build_worker_pod(params)
         name = str(body["metadata"]["name"])
-        ctx.writer.set(key.uid, activations=attempt, workerPod=name, nextAttemptAt=None)
-        await ctx.writer.flush(key.uid, urgent=True)
+        # Pod first, then the record of it: the pod's name is the activation number, so
+        # an operator that dies in between re-creates the same pod (409: fine) instead
+        # of mistaking a pod it never created for one that crashed.
         if await ctx.kube.create_pod(key.namespace, body):
             ctx.metrics.pods_started.inc()
             log.info("started worker pod %s/%s", key.namespace, name)
+        ctx.writer.set(key.uid, activations=attempt, workerPod=name, nextAttemptAt=None)
+        await ctx.writer.flush(key.uid, urgent=True)
         ctx.projector.track(key)
         return name
 
