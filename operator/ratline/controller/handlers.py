@@ -40,9 +40,9 @@ def kopf_settings(settings: kopf.OperatorSettings | None = None) -> kopf.Operato
     """kopf's bookkeeping under our own names, and never in status (our schema owns it)."""
     settings = settings or kopf.OperatorSettings()
     settings.persistence.finalizer = "ratline.dev/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ratline.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="ratline.dev",
+        prefix=GROUP,
         key="last-handled-configuration",
         ignored_fields=["spec.input"],  # immutable, and possibly large
     )
