@@ -28,7 +28,10 @@ from ratline.cli import output
 from ratline.controller.kube import in_cluster, load_api_client
 from ratline.controller.retry import RetryRefused, retry_plan
 from ratline.errors import RatlineError
-from ratline.protocol import GROUP, RUNS, VERSION, WORKFLOWS
+from ratline.protocol import GROUP as GROUP  # re-exported: the UI builds on the CLI
+from ratline.protocol import RUNS as RUNS
+from ratline.protocol import VERSION as VERSION
+from ratline.protocol import WORKFLOWS as WORKFLOWS
 from ratline.store import Event, Store, open_store
 
 MERGE = "application/merge-patch+json"

@@ -1,6 +1,7 @@
-"""The small pieces an `Execution` is made of: options, waiters, handles, helpers.
+"""The small pieces an activation is made of: options, waiters, handles, helpers.
 
-Kept apart from execution.py so that file holds only the replay state machine.
+Nothing here imports the rest of the engine, so every other engine module can
+import these without a cycle.
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ratline.sdk.context import Promise, TaskHandle
-
-if TYPE_CHECKING:
-    from ratline.engine.execution import Execution
 
 current_step: contextvars.ContextVar[str] = contextvars.ContextVar("ratline_step", default="")
 
@@ -52,7 +50,6 @@ class PromiseState:
     deadline: datetime | None
     future: asyncio.Future[Any]
     resolved_seq: int | None = None  # seq of the recorded resolution, when replayed
-    awaited: int = 0
 
 
 @dataclass
@@ -71,25 +68,26 @@ class ExecutionOptions:
     attempt: int = 1
     crash_after_step: str | None = None
     busy_inbox_poll_s: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
     """Adds run and step; drops records while the code is only replaying."""
 
-    def __init__(self, execution: Execution) -> None:
+    def __init__(self, run_id: str, run_name: str, replaying: Callable[[], bool]) -> None:
         super().__init__(logging.getLogger("ratline.workflow"), {})
-        self._execution = execution
+        self._run_id = run_id
+        self._run_name = run_name
+        self._replaying = replaying
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = dict(kwargs.get("extra") or {})
-        extra.setdefault("run_id", self._execution.record.id)
+        extra.setdefault("run_id", self._run_id)
         extra.setdefault("step", current_step.get())
         kwargs["extra"] = extra
-        return f"[{self._execution.record.name}] {msg}", kwargs
+        return f"[{self._run_name}] {msg}", kwargs
 
     def isEnabledFor(self, level: int) -> bool:
-        return not self._execution.replaying and super().isEnabledFor(level)
+        return not self._replaying() and super().isEnabledFor(level)
 
 
 class Handle(TaskHandle[Any]):
@@ -103,13 +101,13 @@ class Handle(TaskHandle[Any]):
 
 
 class PromiseHandle(Promise[Any]):
-    def __init__(self, execution: Execution, state: PromiseState) -> None:
+    def __init__(self, state: PromiseState, wait: Callable[[PromiseState], Awaitable[Any]]) -> None:
         self.name = state.name
-        self._execution = execution
         self._state = state
+        self._wait = wait
 
     async def wait(self) -> Any:
-        return await self._execution.await_promise(self._state)
+        return await self._wait(self._state)
 
 
 def retrieve(task: asyncio.Future[Any]) -> None:

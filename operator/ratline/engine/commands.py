@@ -1,0 +1,113 @@
+"""The replay matcher: numbers each command and checks it against history.
+
+Every part of an activation shares one `Commands`: it holds the run, the
+history index, the write-behind buffer and the cancel and abort flags. A
+command that history holds is replayed from it; a new one records events
+that the flusher commits before the next side effect (the write-behind rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from ratline.engine.flush import Flusher
+from ratline.engine.history import HistoryIndex
+from ratline.engine.parts import Abort, ExecutionOptions, ReplayQuietLogger, retrieve
+from ratline.sdk.context import StepInfo
+from ratline.sdk.definition import WorkflowSpec
+from ratline.sdk.errors import NonDeterminismError, WorkflowCancelled
+from ratline.store.base import (
+    Event,
+    EventType,
+    Lease,
+    NewEvent,
+    RunRecord,
+    RunUpdate,
+    Store,
+    trusted,
+)
+
+
+class Commands:
+    """What one activation knows: its run, its history and what it has issued."""
+
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        run: RunRecord,
+        spec: WorkflowSpec,
+        history: list[Event],
+        options: ExecutionOptions,
+    ) -> None:
+        self.store = store
+        self.run = run
+        self.spec = spec
+        self.options = options
+        self.history = HistoryIndex.build(history)
+        self.flusher = Flusher(store, lease, run.id, len(history))
+        self.next_command = 0
+        self.cancel: str | None = self.history.cancel_reason
+        self.compensating = False
+        self.blocked: NonDeterminismError | None = None
+        self.abort: BaseException | None = None
+        self.changed = asyncio.Event()  # set whenever a branch may have moved
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.steps: list[StepInfo] = []
+        self.in_flight = 0  # side effects running right now
+        self.logger = ReplayQuietLogger(run.id, run.name, lambda: self.replaying)
+
+    @property
+    def replaying(self) -> bool:
+        return self.next_command < self.history.max_command
+
+    def issue(self, kind: str, name: str) -> int:
+        """Number the next command and check it against what history recorded."""
+        if self.abort is not None:
+            raise Abort(self.abort)
+        self.next_command += 1
+        command_id = self.next_command
+        if not self.history.matches(command_id, kind, name):
+            error = NonDeterminismError(
+                command_id, f"{kind} {name!r}", self.history.describe(command_id)
+            )
+            self.blocked = error
+            raise error
+        return command_id
+
+    def write(
+        self, type_: EventType, command_id: int | None, name: str | None, payload: dict[str, Any]
+    ) -> None:
+        """Buffer an event for the next commit."""
+        fields = {"type": type_, "command_id": command_id, "name": name, "payload": payload}
+        self.flusher.buffer(trusted(NewEvent, fields))  # the engine's own, well-typed values
+
+    def cancel_point(self, resolved_seq: int | None) -> None:
+        """Raise the pending cancel here unless history resolved this await before it.
+
+        A cancel taken from the inbox in this activation is not in history yet: it
+        comes after everything recorded, so replayed resolutions still return.
+        """
+        if self.cancel is None or self.compensating:
+            return
+        if resolved_seq is not None:
+            cancel_seq = self.history.cancel_seq
+            if cancel_seq is None or resolved_seq < cancel_seq:
+                return
+        raise WorkflowCancelled(self.cancel)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Start a branch of the workflow (the body or a fan-out item)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.add_done_callback(retrieve)
+        self.tasks.append(task)
+        return task
+
+    async def flush(self, update: RunUpdate | None = None) -> None:
+        try:
+            await self.flusher.flush(update)
+        except Exception as exc:  # fenced, or the store is gone: nothing more may be written
+            self.abort = exc
+            raise Abort(exc) from exc

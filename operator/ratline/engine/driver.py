@@ -1,0 +1,201 @@
+"""The activation driver: run the workflow body, fire deadlines, read the inbox,
+and end the activation (finished, failed, blocked or suspended)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import timedelta
+from typing import Any
+
+from ratline.engine.codec import error_info, to_json, validate_input
+from ratline.engine.commands import Commands
+from ratline.engine.compensation import compensate
+from ratline.engine.outcome import Activation, SimulatedCrash
+from ratline.engine.parts import Abort
+from ratline.engine.steps import Steps
+from ratline.engine.waits import Waits
+from ratline.sdk.context import WorkflowContext
+from ratline.sdk.errors import InputValidationError, NonDeterminismError, WorkflowCancelled
+from ratline.store.base import EventType, InboxItem, RunStatus, RunUpdate
+
+
+class Driver:
+    """Advances one activation until the run finishes or waits past the idle threshold."""
+
+    def __init__(self, cmd: Commands, waits: Waits, steps: Steps) -> None:
+        self.cmd = cmd
+        self.waits = waits
+        self.steps = steps
+
+    async def activate(self, ctx: WorkflowContext, inbox: list[InboxItem] | None) -> Activation:
+        cmd, waits = self.cmd, self.waits
+        try:
+            inp = validate_input(cmd.spec.name, cmd.spec.input_type, cmd.run.input)
+        except InputValidationError as exc:
+            error = {**error_info(exc), "field": exc.field}
+            cmd.write(EventType.RUN_FAILED, None, None, {"error": error})
+            await cmd.flusher.flush(
+                RunUpdate(status=RunStatus.FAILED, error=error, release_lease=True)
+            )
+            return Activation(RunStatus.FAILED, error=error, steps=cmd.steps)
+        if not cmd.history.run_started:
+            payload = {"input": to_json(cmd.run.input), "workflow": cmd.spec.name}
+            cmd.write(EventType.RUN_STARTED, None, None, payload)
+        cmd.flusher.set_status(RunStatus.RUNNING)
+        if inbox is None:
+            await waits.poll_inbox()
+        else:
+            waits.last_inbox_poll = time.monotonic()
+            waits.apply_inbox(inbox)
+        waits.fire_due()
+        body = cmd.spawn(self._body(ctx, inp))
+        body.add_done_callback(lambda _: cmd.changed.set())
+        suspended: Activation | None = None
+        options = cmd.options
+        while not body.done():
+            await self._settle()
+            if body.done():
+                break
+            if waits.fire_due():
+                continue
+            if waits.idle():
+                suspended = await self._when_idle()
+                if suspended is not None:
+                    break
+                continue
+            poll_due = time.monotonic() - waits.last_inbox_poll > options.busy_inbox_poll_s
+            if poll_due and await waits.poll_inbox():
+                continue
+            deadline = waits.earliest_deadline()
+            timeout = options.busy_inbox_poll_s
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, (deadline - options.clock()).total_seconds()))
+            cmd.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cmd.changed.wait(), timeout=max(timeout, 0.001))
+        await self._stop_tasks()
+        if suspended is not None:
+            return suspended
+        return body.result()  # type: ignore[no-any-return]
+
+    async def _settle(self) -> None:
+        """Let every ready coroutine run until nothing changes for two loop turns."""
+        changed = self.cmd.changed
+        quiet = 0
+        for _ in range(200):
+            changed.clear()
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if not changed.is_set() else 0
+            if quiet >= 2:
+                return
+
+    async def _when_idle(self) -> Activation | None:
+        """Every branch waits: take what the inbox holds, wait a little, or suspend."""
+        cmd, waits = self.cmd, self.waits
+        if await waits.poll_inbox() or waits.fire_due():
+            return None
+        deadline = waits.earliest_deadline()
+        now = cmd.options.clock()
+        threshold = timedelta(seconds=cmd.options.idle_threshold_s)
+        if deadline is not None and deadline - now <= threshold:
+            remaining = max(0.0, (deadline - now).total_seconds())
+            await cmd.flush()
+            await cmd.store.wait_for_change(cmd.run.id, remaining)
+            return None
+        waiting = waits.waiting_for()
+        update = RunUpdate(
+            status=RunStatus.SUSPENDED,
+            wake_at=deadline,
+            clear_wake_at=deadline is None,
+            waiting_for=waiting,
+        )
+        await cmd.flush(update)
+        # a signal delivered between our inbox read and this commit must not be lost
+        if await waits.poll_inbox():
+            cmd.flusher.set_status(RunStatus.RUNNING)
+            return None
+        return Activation(
+            RunStatus.SUSPENDED, wake_at=deadline, waiting_for=waiting, steps=cmd.steps
+        )
+
+    async def _stop_tasks(self) -> None:
+        pending = [t for t in self.cmd.tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _body(self, ctx: WorkflowContext, inp: Any) -> Activation:
+        """The workflow to its end; a crash or a lost lease may also hit compensation."""
+        try:
+            return await self._run_to_end(ctx, inp)
+        except Abort as exc:
+            raise exc.cause from None
+        except SimulatedCrash:
+            return Activation(RunStatus.RUNNING, crashed=True, steps=self.cmd.steps)
+
+    async def _run_to_end(self, ctx: WorkflowContext, inp: Any) -> Activation:
+        cmd = self.cmd
+        try:
+            value = await cmd.spec.fn(ctx, inp)
+            if cmd.blocked is not None:
+                raise cmd.blocked
+            if cmd.history.max_command > cmd.next_command:
+                cmd.blocked = NonDeterminismError(
+                    cmd.next_command + 1,
+                    "the end of the workflow",
+                    cmd.history.describe(cmd.next_command + 1),
+                )
+                raise cmd.blocked
+            result = to_json(value)
+            cmd.write(EventType.RUN_COMPLETED, None, None, {"result": result})
+            await cmd.flush(
+                RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)
+            )
+            return Activation(RunStatus.SUCCEEDED, result=result, steps=cmd.steps)
+        except WorkflowCancelled as exc:
+            return await self._finish_failed(exc, cancelled=exc.reason)
+        except Exception as exc:
+            return await self._finish_failed(exc, cancelled=None)
+
+    async def _finish_failed(self, exc: BaseException, cancelled: str | None) -> Activation:
+        if self.cmd.blocked is None:
+            try:
+                return await self._compensate_and_end(exc, cancelled)
+            except NonDeterminismError:  # the undo steps no longer match history
+                if self.cmd.blocked is None:
+                    raise
+        return await self._end_blocked()
+
+    async def _end_blocked(self) -> Activation:
+        """History and code disagree: keep history as it is and stop, visibly."""
+        cmd = self.cmd
+        blocked = cmd.blocked
+        assert blocked is not None
+        cmd.flusher.discard()
+        detail = {"expected": blocked.expected, "recorded": blocked.recorded}
+        diff = {**error_info(blocked), "command_id": blocked.command_id}
+        cmd.write(EventType.RUN_BLOCKED, None, None, detail)
+        await cmd.flush(RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True))
+        return Activation(RunStatus.BLOCKED, error=diff, steps=cmd.steps)
+
+    async def _compensate_and_end(self, exc: BaseException, cancelled: str | None) -> Activation:
+        cmd = self.cmd
+        error: dict[str, Any]
+        compensation_errors = await compensate(cmd, self.steps, cancelled or "failed")
+        if cancelled == "timed_out":
+            status, event = RunStatus.TIMED_OUT, EventType.RUN_TIMED_OUT
+            error = {"type": "TimedOut", "message": "maxDuration passed"}
+        elif cancelled is not None:
+            status, event = RunStatus.CANCELLED, EventType.RUN_CANCELLED
+            error = {"type": "Cancelled", "message": "cancel requested"}
+        else:
+            status, event = RunStatus.FAILED, EventType.RUN_FAILED
+            error = error_info(exc)
+        if compensation_errors:
+            error["compensation_errors"] = compensation_errors
+        cmd.write(event, None, None, {"error": error})
+        await cmd.flush(RunUpdate(status=status, error=error, release_lease=True))
+        return Activation(status, error=error, steps=cmd.steps)
