@@ -26,6 +26,7 @@ from ratline.controller.metrics import Metrics, serve
 from ratline.controller.projection import Notice
 from ratline.controller.projector import Projector
 from ratline.controller.reconciler import Reconciler
+from ratline.controller.retention import retention_loop
 from ratline.controller.scheduler import Scheduler
 from ratline.controller.status import RunKey, StatusWriter
 from ratline.controller.workers import Workers
@@ -104,7 +105,7 @@ class Operator:
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         ctx = self.ctx
-        return [
+        loops = [
             ctx.writer.run(),
             ctx.projector.listen(),
             ctx.projector.run(),
@@ -112,6 +113,9 @@ class Operator:
             ctx.scheduler.run_due_poll(),
             ctx.scheduler.run_resync(self.active_runs, ctx.settings.resync_interval),
         ]
+        if ctx.settings.retention is not None:
+            loops.append(retention_loop(ctx.store, ctx.settings).run())
+        return loops
 
 
 async def run(settings: Settings) -> None:

@@ -16,9 +16,12 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from ratline.controller.lifecycle_api import LifecycleApi
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
+from ratline.controller.schedule_handlers import register_schedules
 from ratline.controller.status import RunKey
+from ratline.controller.ttl import register_ttl
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
 from ratline.controller.workflows import accepted_patch
@@ -127,6 +130,9 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
             if key is not None:
                 ctx.scheduler.at(utcnow() + timedelta(seconds=5), key, "pod event retry")
 
+    lifecycle = LifecycleApi()  # schedules and TTL: their own client, made on first use
+    register_schedules(registry, ctx, lifecycle)
+    register_ttl(registry, ctx, lifecycle)
     return registry
 
 
