@@ -48,8 +48,10 @@ def rec(status: RunStatus, history: int = 1, error: dict[str, Any] | None = None
         (0, rec(RunStatus.SUSPENDED), {}, None, False, 0, None, False),
         # exit 0 but the store says it still runs: a crash
         (0, rec(RunStatus.RUNNING), {}, None, True, 1, 1.0, False),
-        # the run is over, whatever the code
+        # the run is over, whatever the code; the last crash count stays visible
         (0, rec(RunStatus.SUCCEEDED), {}, None, False, 0, None, True),
+        (0, rec(RunStatus.SUCCEEDED, history=9), {"retries": 1,
+         "lastExit": {"historyLength": 1}}, None, False, 1, None, True),
         (75, rec(RunStatus.FAILED), {}, None, False, 0, None, True),
         (1, rec(RunStatus.BLOCKED), {}, None, False, 0, None, True),
         # permanent problems: failed once, never retried

@@ -41,7 +41,7 @@ class ExitDecision:
 
     fail: dict[str, Any] | None = None
     revoke: bool = False  # fence the dead worker's lease
-    retries: int = 0  # crashes since the run last made progress, this one included
+    retries: int = 0  # after a crash: crashes since the run last made progress; else as was
     delay: float | None = None  # start a replacement after this many seconds
     reconcile: bool = False  # look at the run again now (it suspended)
     finished: bool = False  # the run is over: keep (or delete) the last pod
@@ -67,6 +67,7 @@ def decide(
 ) -> ExitDecision:
     """The decision for `ended` given the run's (projected) record and published status."""
     action = ended.action
+    kept = int(status.get("retries") or 0)  # what status shows unless this exit is a crash
     retries = crashes_so_far(record, status)
     code = "none" if ended.code is None else str(ended.code)
     if action in FAILURE_TEXT:
@@ -77,12 +78,12 @@ def decide(
         if record is not None and not rests(record):
             fail = {"type": action.value, "message": message}
         return ExitDecision(
-            fail=fail, retries=retries, finished=True, event=(action.value, message, True)
+            fail=fail, retries=kept, finished=True, event=(action.value, message, True)
         )
     if rests(record):
-        return ExitDecision(retries=retries, finished=True)
+        return ExitDecision(retries=kept, finished=True)
     if action is ExitAction.PROJECT and record is not None and record.status is RunStatus.SUSPENDED:
-        return ExitDecision(retries=retries, reconcile=True)
+        return ExitDecision(retries=kept, reconcile=True)
     # A crash, an eviction, a vanished pod, or exit 0 while the store says it still runs.
     if retries >= limits.max_retries:
         message = (
