@@ -9,7 +9,8 @@ that the flusher commits before the next side effect (the write-behind rule).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from ratline.engine.flush import Flusher
@@ -54,7 +55,9 @@ class Commands:
         self.blocked: NonDeterminismError | None = None
         self.abort: BaseException | None = None
         self.changed = asyncio.Event()  # set whenever a branch may have moved
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()  # the workflow's branches
+        self.live = 0  # branches not finished yet
+        self.parked: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}  # branch -> what it awaits
         self.steps: list[StepInfo] = []
         self.in_flight = 0  # side effects running right now
         self.logger = ReplayQuietLogger(run.id, run.name, lambda: self.replaying)
@@ -101,9 +104,36 @@ class Commands:
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Start a branch of the workflow (the body or a fan-out item)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.add_done_callback(retrieve)
-        self.tasks.append(task)
+        task.add_done_callback(self._branch_done)
+        self.tasks.add(task)
+        self.live += 1
         return task
+
+    def _branch_done(self, task: asyncio.Task[Any]) -> None:
+        retrieve(task)
+        self.live -= 1
+        self.changed.set()
+
+    @contextlib.contextmanager
+    def park(self, future: asyncio.Future[Any]) -> Iterator[None]:
+        """The current branch waits for `future`: a durable wait or another branch."""
+        task = asyncio.current_task()
+        if task not in self.tasks or task in self.parked:  # not a branch: no knowledge
+            yield
+            return
+        self.parked[task] = future
+        self.changed.set()
+        try:
+            yield
+        finally:
+            del self.parked[task]
+
+    def idle(self) -> bool:
+        """Nothing can move without the outside world: no side effect runs, and every
+        branch is parked on a wait that has not ended."""
+        if self.in_flight or self.live != len(self.parked):
+            return False
+        return not any(future.done() for future in self.parked.values())
 
     async def flush(self, update: RunUpdate | None = None) -> None:
         try:

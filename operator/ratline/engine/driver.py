@@ -51,45 +51,35 @@ class Driver:
             waits.apply_inbox(inbox)
         waits.fire_due()
         body = cmd.spawn(self._body(ctx, inp))
-        body.add_done_callback(lambda _: cmd.changed.set())
         suspended: Activation | None = None
         options = cmd.options
-        while not body.done():
-            await self._settle()
+        changed = cmd.changed
+        while True:
+            changed.clear()  # state is re-read below, so an earlier wake-up is not lost
             if body.done():
                 break
             if waits.fire_due():
-                continue
-            if waits.idle():
+                pass  # the branches it woke run before the next look
+            elif waits.idle():
                 suspended = await self._when_idle()
                 if suspended is not None:
                     break
                 continue
-            poll_due = time.monotonic() - waits.last_inbox_poll > options.busy_inbox_poll_s
-            if poll_due and await waits.poll_inbox():
+            elif (
+                time.monotonic() - waits.last_inbox_poll > options.busy_inbox_poll_s
+                and await waits.poll_inbox()
+            ):
                 continue
             deadline = waits.earliest_deadline()
             timeout = options.busy_inbox_poll_s
             if deadline is not None:
                 timeout = min(timeout, max(0.0, (deadline - options.clock()).total_seconds()))
-            cmd.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(cmd.changed.wait(), timeout=max(timeout, 0.001))
+                await asyncio.wait_for(changed.wait(), timeout=max(timeout, 0.001))
         await self._stop_tasks()
         if suspended is not None:
             return suspended
         return body.result()  # type: ignore[no-any-return]
-
-    async def _settle(self) -> None:
-        """Let every ready coroutine run until nothing changes for two loop turns."""
-        changed = self.cmd.changed
-        quiet = 0
-        for _ in range(200):
-            changed.clear()
-            await asyncio.sleep(0)
-            quiet = quiet + 1 if not changed.is_set() else 0
-            if quiet >= 2:
-                return
 
     async def _when_idle(self) -> Activation | None:
         """Every branch waits: take what the inbox holds, wait a little, or suspend."""

@@ -46,6 +46,11 @@ from ratline.store.base import Event, EventType, InboxItem, Lease, RunRecord, St
 __all__ = ["COMPENSATION_RETRY", "Execution", "ExecutionOptions"]
 
 
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """Any awaitable handed to `gather` becomes a branch the engine can see."""
+    return await awaitable
+
+
 class Execution(WorkflowContext):
     """Replays and advances one run while holding its lease."""
 
@@ -136,7 +141,7 @@ class Execution(WorkflowContext):
         coro = self._steps.step(
             command_id, spec.name, spec.fn, args, spec.retry, spec.output_type, offload=True
         )
-        return Handle(spec.name, command_id, self._cmd.spawn(coro))
+        return Handle(spec.name, command_id, self._cmd.spawn(coro), self._cmd.park)
 
     def run_async(
         self,
@@ -147,10 +152,16 @@ class Execution(WorkflowContext):
     ) -> TaskHandle[Any]:
         command_id = self._cmd.issue("step", name)
         coro = self._steps.step(command_id, name, fn, args, retry, return_type(fn), offload=True)
-        return Handle(name, command_id, self._cmd.spawn(coro))
+        return Handle(name, command_id, self._cmd.spawn(coro), self._cmd.park)
 
     async def gather(self, *handles: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
-        results = await asyncio.gather(*handles, return_exceptions=return_exceptions)
+        cmd = self._cmd
+        branches = [h.task if isinstance(h, Handle) else cmd.spawn(_awaited(h)) for h in handles]
+        joined = asyncio.gather(
+            *(asyncio.shield(b) for b in branches), return_exceptions=return_exceptions
+        )
+        with cmd.park(joined):  # this branch moves only when the joined ones end
+            results = await joined
         for item in results:
             if isinstance(item, WorkflowCancelled | Abort | SimulatedCrash):
                 raise item

@@ -11,6 +11,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -90,14 +91,21 @@ class ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
         return not self._replaying() and super().isEnabledFor(level)
 
 
+Park = Callable[[asyncio.Future[Any]], AbstractContextManager[None]]
+
+
 class Handle(TaskHandle[Any]):
-    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any]) -> None:
+    """A fan-out branch; awaiting it parks the awaiting branch on this one."""
+
+    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any], park: Park) -> None:
         self.name = name
         self.command_id = command_id
-        self._task = task
+        self.task = task
+        self._park = park
 
     async def result(self) -> Any:
-        return await asyncio.shield(self._task)
+        with self._park(self.task):
+            return await asyncio.shield(self.task)
 
 
 class PromiseHandle(Promise[Any]):

@@ -101,8 +101,6 @@ class Steps:
             finally:
                 cmd.in_flight -= 1
                 current_step.reset(token)
-                if self.waits.waiters:  # only a waiting sibling makes idleness possible
-                    cmd.changed.set()
             elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             if error is None:
                 result = to_json(value)

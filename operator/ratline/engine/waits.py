@@ -37,9 +37,9 @@ class Waits:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiter = Waiter(command_id, kind, name, deadline, future)
         self.waiters.append(waiter)
-        self.cmd.changed.set()
         try:
-            await future
+            with self.cmd.park(future):
+                await future
         finally:
             self.waiters.remove(waiter)
 
@@ -102,9 +102,9 @@ class Waits:
         self.cmd.cancel_point(None)
         waiter = Waiter(state.command_id, "promise", state.name, state.deadline, state.future)
         self.waiters.append(waiter)
-        self.cmd.changed.set()
         try:
-            return await asyncio.shield(state.future)
+            with self.cmd.park(state.future):
+                return await asyncio.shield(state.future)
         finally:
             self.waiters.remove(waiter)
 
@@ -210,6 +210,5 @@ class Waits:
         return sorted(w.name for w in self.waiters if w.kind == "promise")
 
     def idle(self) -> bool:
-        if self.cmd.in_flight or not self.waiters:
-            return False
-        return all(not w.future.done() for w in self.waiters)
+        """Every branch is blocked on a durable wait (directly or through a join)."""
+        return bool(self.waiters) and self.cmd.idle()
