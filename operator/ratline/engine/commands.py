@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from ratline.engine.flush import Flusher
 from ratline.engine.history import HistoryIndex
+from ratline.engine.outcome import SimulatedCrash
 from ratline.engine.parts import Abort, ExecutionOptions, ReplayQuietLogger, retrieve
 from ratline.sdk.context import StepInfo
 from ratline.sdk.definition import WorkflowSpec
@@ -29,6 +30,14 @@ from ratline.store.base import (
     Store,
     trusted,
 )
+
+
+class ReplayEnd(BaseException):
+    """The replayer reached the end of the recorded history: nothing new may run."""
+
+    def __init__(self, command_id: int) -> None:
+        super().__init__(command_id)
+        self.command_id = command_id
 
 
 class Commands:
@@ -60,6 +69,8 @@ class Commands:
         self.parked: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}  # branch -> what it awaits
         self.steps: list[StepInfo] = []
         self.in_flight = 0  # side effects running right now
+        self.crashed = False  # testing: the simulated process died; nothing more happens
+        self.replay_end: ReplayEnd | None = None  # the replayer reached the end of history
         self.logger = ReplayQuietLogger(run.id, run.name, lambda: self.replaying)
 
     @property
@@ -68,17 +79,41 @@ class Commands:
 
     def issue(self, kind: str, name: str) -> int:
         """Number the next command and check it against what history recorded."""
-        if self.abort is not None:
-            raise Abort(self.abort)
+        self.halted()
         self.next_command += 1
         command_id = self.next_command
         if not self.history.matches(command_id, kind, name):
-            error = NonDeterminismError(
+            self.blocked = NonDeterminismError(
                 command_id, f"{kind} {name!r}", self.history.describe(command_id)
             )
-            self.blocked = error
-            raise error
+            self.changed.set()  # the driver stops every branch
+            raise self.blocked
+        if self.options.replay_only and command_id > self.history.max_command:
+            self.replay_end = ReplayEnd(command_id)
+            self.changed.set()
+            raise self.replay_end
         return command_id
+
+    def halted(self) -> None:
+        """Raise if this activation may not go on: lost lease, mismatch, simulated crash.
+
+        The first mismatch with history stops the run for good: a handler that
+        swallowed the `NonDeterminismError` gets it again at its next command.
+        """
+        if self.abort is not None:
+            raise Abort(self.abort)
+        if self.blocked is not None:
+            raise self.blocked
+        if self.crashed:
+            raise SimulatedCrash("the process is gone")
+        if self.replay_end is not None:
+            raise self.replay_end
+
+    def crash(self, step: str) -> NoReturn:
+        """Testing: the process dies here; siblings in flight record nothing more."""
+        self.crashed = True
+        self.changed.set()
+        raise SimulatedCrash(step)
 
     def write(
         self, type_: EventType, command_id: int | None, name: str | None, payload: dict[str, Any]
@@ -136,6 +171,7 @@ class Commands:
         return not any(future.done() for future in self.parked.values())
 
     async def flush(self, update: RunUpdate | None = None) -> None:
+        self.halted()  # nothing decided after a mismatch or a crash reaches history
         try:
             await self.flusher.flush(update)
         except Exception as exc:  # fenced, or the store is gone: nothing more may be written

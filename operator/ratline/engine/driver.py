@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from ratline.engine.codec import error_info, to_json, validate_input
+from ratline.engine.codec import error_info, to_json, validate_input, validate_output
 from ratline.engine.commands import Commands
 from ratline.engine.compensation import compensate
 from ratline.engine.outcome import Activation, SimulatedCrash
@@ -56,7 +56,7 @@ class Driver:
         changed = cmd.changed
         while True:
             changed.clear()  # state is re-read below, so an earlier wake-up is not lost
-            if body.done():
+            if body.done() or cmd.blocked or cmd.crashed or cmd.replay_end:
                 break
             if waits.fire_due():
                 pass  # the branches it woke run before the next look
@@ -79,6 +79,12 @@ class Driver:
         await self._stop_tasks()
         if suspended is not None:
             return suspended
+        if cmd.crashed:
+            return Activation(RunStatus.RUNNING, crashed=True, steps=cmd.steps)
+        if cmd.replay_end is not None:
+            return Activation(RunStatus.RUNNING, steps=cmd.steps)
+        if cmd.blocked is not None:  # whichever branch met the mismatch, the run stops here
+            return await self._end_blocked()
         return body.result()  # type: ignore[no-any-return]
 
     async def _when_idle(self) -> Activation | None:
@@ -139,7 +145,7 @@ class Driver:
                     cmd.history.describe(cmd.next_command + 1),
                 )
                 raise cmd.blocked
-            result = to_json(value)
+            result = validate_output(cmd.spec.name, cmd.spec.output_type, value)
             cmd.write(EventType.RUN_COMPLETED, None, None, {"result": result})
             await cmd.flush(
                 RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)
@@ -151,24 +157,22 @@ class Driver:
             return await self._finish_failed(exc, cancelled=None)
 
     async def _finish_failed(self, exc: BaseException, cancelled: str | None) -> Activation:
-        if self.cmd.blocked is None:
-            try:
-                return await self._compensate_and_end(exc, cancelled)
-            except NonDeterminismError:  # the undo steps no longer match history
-                if self.cmd.blocked is None:
-                    raise
-        return await self._end_blocked()
+        """Compensate and end; a mismatch (even in the undo steps) is the driver's to end."""
+        if self.cmd.blocked is not None:
+            raise self.cmd.blocked
+        return await self._compensate_and_end(exc, cancelled)
 
     async def _end_blocked(self) -> Activation:
         """History and code disagree: keep history as it is and stop, visibly."""
         cmd = self.cmd
         blocked = cmd.blocked
         assert blocked is not None
-        cmd.flusher.discard()
+        cmd.flusher.discard()  # nothing this activation decided reaches history
         detail = {"expected": blocked.expected, "recorded": blocked.recorded}
         diff = {**error_info(blocked), "command_id": blocked.command_id}
         cmd.write(EventType.RUN_BLOCKED, None, None, detail)
-        await cmd.flush(RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True))
+        update = RunUpdate(status=RunStatus.BLOCKED, error=diff, release_lease=True)
+        await cmd.flusher.flush(update)
         return Activation(RunStatus.BLOCKED, error=diff, steps=cmd.steps)
 
     async def _compensate_and_end(self, exc: BaseException, cancelled: str | None) -> Activation:

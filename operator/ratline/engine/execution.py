@@ -39,7 +39,7 @@ from ratline.engine.waits import Waits
 from ratline.sdk.context import Promise, StepInfo, TaskHandle, WorkflowContext, WorkflowInfo
 from ratline.sdk.definition import WorkflowSpec, spec_of, task_of
 from ratline.sdk.durations import parse_duration
-from ratline.sdk.errors import WorkflowCancelled
+from ratline.sdk.errors import NonDeterminismError, WorkflowCancelled
 from ratline.sdk.retry import RetryPolicy
 from ratline.store.base import Event, EventType, InboxItem, Lease, RunRecord, Store
 
@@ -84,6 +84,11 @@ class Execution(WorkflowContext):
     def released(self) -> bool:
         """The last commit gave the lease back (the run finished): no release call needed."""
         return self._cmd.flusher.released
+
+    @property
+    def blocked(self) -> NonDeterminismError | None:
+        """The first mismatch between the code and history, if the code met one."""
+        return self._cmd.blocked
 
     @property
     def steps(self) -> list[StepInfo]:
@@ -163,7 +168,7 @@ class Execution(WorkflowContext):
         with cmd.park(joined):  # this branch moves only when the joined ones end
             results = await joined
         for item in results:
-            if isinstance(item, WorkflowCancelled | Abort | SimulatedCrash):
+            if isinstance(item, WorkflowCancelled | NonDeterminismError | Abort | SimulatedCrash):
                 raise item
         return list(results)
 

@@ -67,7 +67,9 @@ class ExecutionOptions:
     clock: Callable[[], datetime] = utcnow
     idle_threshold_s: float = 2.0
     attempt: int = 1
-    crash_after_step: str | None = None
+    crash_after_step: str | None = None  # testing: die right after this step is recorded
+    crash_during_step: str | None = None  # testing: die inside this step, before recording
+    replay_only: bool = False  # the replayer: stop where history ends, never run new work
     busy_inbox_poll_s: float = 1.0
 
 
