@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random as _random
 from collections.abc import Coroutine, Iterator
 from typing import Any, NoReturn
 
@@ -58,7 +59,17 @@ class Commands:
         self.options = options
         self.history = HistoryIndex.build(history)
         self.flusher = Flusher(store, lease, run.id, len(history))
-        self.next_command = 0
+        self.next_command = self.history.attempt_base  # earlier attempts are not replayed
+        self.attempt = self.history.attempt
+        self.state: dict[str, Any] = {}  # ctx.set / ctx.get of the current attempt
+        for event in history:
+            command_id = event.command_id
+            if event.type is EventType.STATE_SET and command_id and command_id > self.next_command:
+                self.state[str(event.name)] = event.payload.get("value")
+        self._seed = run.id  # a run retried from a step keeps the numbers of the run it copies
+        if history and history[0].type is EventType.RUN_STARTED:
+            self._seed = str(history[0].payload.get("retry_of") or run.id)
+        self.rng = self._new_rng()
         self.cancel: str | None = self.history.cancel_reason
         self.compensating = False
         self.blocked: NonDeterminismError | None = None
@@ -72,6 +83,16 @@ class Commands:
         self.crashed = False  # testing: the simulated process died; nothing more happens
         self.replay_end: ReplayEnd | None = None  # the replayer reached the end of history
         self.logger = ReplayQuietLogger(run.id, run.name, lambda: self.replaying)
+
+    def _new_rng(self) -> _random.Random:
+        return _random.Random(self._seed if self.attempt == 1 else f"{self._seed}:{self.attempt}")
+
+    def new_attempt(self) -> None:
+        """The whole workflow starts again: fresh state, numbers and cancel point."""
+        self.attempt += 1
+        self.state = {}
+        self.rng = self._new_rng()
+        self.compensating = False
 
     @property
     def replaying(self) -> bool:

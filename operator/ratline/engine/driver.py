@@ -13,12 +13,22 @@ from ratline.engine.codec import error_info, to_json, validate_input, validate_o
 from ratline.engine.commands import Commands
 from ratline.engine.compensation import compensate
 from ratline.engine.outcome import Activation, SimulatedCrash
-from ratline.engine.parts import Abort
+from ratline.engine.parts import Abort, iso, parse_time
 from ratline.engine.steps import Steps
 from ratline.engine.waits import Waits
 from ratline.sdk.context import WorkflowContext
-from ratline.sdk.errors import InputValidationError, NonDeterminismError, WorkflowCancelled
+from ratline.sdk.errors import (
+    InputValidationError,
+    NonDeterminismError,
+    NonRetryableError,
+    OutputValidationError,
+    WorkflowCancelled,
+)
+from ratline.sdk.retry import RetryPolicy
 from ratline.store.base import EventType, InboxItem, RunStatus, RunUpdate
+
+# Backoff between whole-workflow attempts (max_retries): 1 s, 2 s, 4 s ... up to 5 min.
+_ATTEMPT_BACKOFF = RetryPolicy(max_attempts=1_000_000, initial_interval=1.0)
 
 
 class Driver:
@@ -134,27 +144,63 @@ class Driver:
 
     async def _run_to_end(self, ctx: WorkflowContext, inp: Any) -> Activation:
         cmd = self.cmd
-        try:
-            value = await cmd.spec.fn(ctx, inp)
-            if cmd.blocked is not None:
-                raise cmd.blocked
-            if cmd.history.max_command > cmd.next_command:
-                cmd.blocked = NonDeterminismError(
-                    cmd.next_command + 1,
-                    "the end of the workflow",
-                    cmd.history.describe(cmd.next_command + 1),
-                )
-                raise cmd.blocked
-            result = validate_output(cmd.spec.name, cmd.spec.output_type, value)
-            cmd.write(EventType.RUN_COMPLETED, None, None, {"result": result})
-            await cmd.flush(
-                RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)
-            )
-            return Activation(RunStatus.SUCCEEDED, result=result, steps=cmd.steps)
-        except WorkflowCancelled as exc:
-            return await self._finish_failed(exc, cancelled=exc.reason)
-        except Exception as exc:
-            return await self._finish_failed(exc, cancelled=None)
+        while True:
+            try:
+                await self._attempt_start()
+                value = await cmd.spec.fn(ctx, inp)
+                if cmd.blocked is not None:
+                    raise cmd.blocked
+                if cmd.history.max_command > cmd.next_command:
+                    cmd.blocked = NonDeterminismError(
+                        cmd.next_command + 1,
+                        "the end of the workflow",
+                        cmd.history.describe(cmd.next_command + 1),
+                    )
+                    raise cmd.blocked
+                result = validate_output(cmd.spec.name, cmd.spec.output_type, value)
+                cmd.write(EventType.RUN_COMPLETED, None, None, {"result": result})
+                update = RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)
+                await cmd.flush(update)
+                return Activation(RunStatus.SUCCEEDED, result=result, steps=cmd.steps)
+            except WorkflowCancelled as exc:
+                return await self._finish_failed(exc, cancelled=exc.reason)
+            except Exception as exc:
+                if not self._retries_left(exc):
+                    return await self._finish_failed(exc, cancelled=None)
+                await self._fail_attempt(exc)
+
+    async def _attempt_start(self) -> None:
+        """A later attempt waits out its backoff first (durably: it is a retry wait)."""
+        starts_at = self.cmd.history.attempt_starts_at
+        if self.cmd.attempt > 1 and starts_at is not None:
+            when = parse_time(starts_at)
+            if when > self.cmd.options.clock():
+                await self.waits.wait(0, "retry", "workflow", when)
+
+    def _retries_left(self, exc: Exception) -> bool:
+        cmd = self.cmd
+        if isinstance(exc, NonRetryableError | OutputValidationError) or cmd.blocked is not None:
+            return False
+        return cmd.attempt <= cmd.spec.max_retries
+
+    async def _fail_attempt(self, exc: Exception) -> None:
+        """Undo this attempt, record its failure, and start the next one from the top."""
+        cmd = self.cmd
+        if cmd.blocked is not None:
+            raise cmd.blocked
+        errors = await compensate(cmd, self.steps, "failed")
+        error = error_info(exc)
+        if errors:
+            error["compensation_errors"] = errors
+        retry_at = iso(cmd.options.clock() + _ATTEMPT_BACKOFF.delay(cmd.attempt))
+        payload = {"attempt": cmd.attempt, "error": error, "retry_at": retry_at}
+        payload["base"] = cmd.next_command
+        cmd.write(EventType.ATTEMPT_FAILED, None, None, payload)
+        cmd.logger.warning("attempt %d failed (%s); the workflow starts again", cmd.attempt, exc)
+        await cmd.flush()
+        cmd.history.attempt_starts_at = retry_at
+        self.steps.compensations.clear()
+        cmd.new_attempt()
 
     async def _finish_failed(self, exc: BaseException, cancelled: str | None) -> Activation:
         """Compensate and end; a mismatch (even in the undo steps) is the driver's to end."""

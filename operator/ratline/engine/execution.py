@@ -71,14 +71,6 @@ class Execution(WorkflowContext):
         self._steps = Steps(cmd, self._waits)
         self._driver = Driver(cmd, self._waits, self._steps)
         self._initial_inbox = inbox
-        self._state: dict[str, Any] = {}
-        for event in history:
-            if event.type is EventType.STATE_SET and event.name is not None:
-                self._state[event.name] = event.payload.get("value")
-        seed = run.id  # a run retried from a step keeps the numbers of the run it copies
-        if history and history[0].type is EventType.RUN_STARTED:
-            seed = str(history[0].payload.get("retry_of") or run.id)
-        self._rng = _random.Random(seed)
 
     @property
     def released(self) -> bool:
@@ -112,6 +104,7 @@ class Execution(WorkflowContext):
             namespace=cmd.run.namespace,
             workflow=cmd.spec.name,
             attempt=cmd.options.attempt,
+            workflow_attempt=cmd.attempt,
             replaying=cmd.replaying,
             step_key=current_step.get(),
         )
@@ -188,12 +181,12 @@ class Execution(WorkflowContext):
         if recorded is None:
             value = to_json(value)
             self._cmd.write(EventType.STATE_SET, command_id, key, {"value": value})
-            self._state[key] = value
+            self._cmd.state[key] = value
         else:
-            self._state[key] = recorded.get("value")
+            self._cmd.state[key] = recorded.get("value")
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._state.get(key, default)
+        return self._cmd.state.get(key, default)
 
     def now(self) -> datetime:
         command_id = self._cmd.issue("marker", "now")
@@ -205,10 +198,10 @@ class Execution(WorkflowContext):
         return value
 
     def random(self) -> _random.Random:
-        return self._rng
+        return self._cmd.rng
 
     def uuid4(self) -> uuid.UUID:
-        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self._cmd.rng.getrandbits(128), version=4)
 
     def patched(self, patch_id: str) -> bool:
         cmd = self._cmd

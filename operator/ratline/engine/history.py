@@ -26,6 +26,9 @@ class HistoryIndex:
     compensation_started: bool = False
     last_seq: int = 0
     max_command: int = 0
+    attempt: int = 1  # the workflow attempt history is at (whole-workflow retries)
+    attempt_base: int = 0  # commands up to this number belong to earlier attempts
+    attempt_starts_at: str | None = None  # when the current attempt may start (ISO time)
 
     @classmethod
     def build(cls, events: Sequence[Event]) -> HistoryIndex:
@@ -62,6 +65,11 @@ class HistoryIndex:
             self.cancel_reason = str(event.payload.get("reason", "cancelled"))
         elif event.type is EventType.COMPENSATION_STARTED:
             self.compensation_started = True
+        elif event.type is EventType.ATTEMPT_FAILED:
+            self.attempt = int(event.payload.get("attempt", self.attempt)) + 1
+            self.attempt_base = int(event.payload.get("base", 0))
+            self.attempt_starts_at = event.payload.get("retry_at")
+            self.compensation_started = False  # the next attempt registers its own undo
 
     def records(self, command_id: int) -> list[Event]:
         return self.by_command.get(command_id, [])

@@ -32,6 +32,7 @@ class WorkflowInfo:
     attempt: int  # worker activation number, 1 for the first pod
     replaying: bool
     step_key: str  # idempotency key of the step currently executing, "" outside a step
+    workflow_attempt: int = 1  # whole-workflow attempt (`max_retries`), 1 for the first
 
     def idempotency_key(self, command_id: int) -> str:
         return f"{self.run_id}:{command_id}"
