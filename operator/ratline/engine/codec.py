@@ -72,3 +72,16 @@ def validate_output(workflow: str, type_: Any, value: Any) -> Any:
         raise OutputValidationError(workflow, field, first["msg"]) from None
     except pydantic_core.PydanticSerializationError as exc:
         raise OutputValidationError(workflow, "output", str(exc)) from None
+
+
+def refusal(type_: Any, payload: Any) -> dict[str, str] | None:
+    """Why `payload` does not fit a typed promise (field and message), or None if it does."""
+    if type_ is None or type_ is Any:
+        return None
+    try:
+        _adapter(type_).validate_python(payload)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "payload"
+        return {"field": field, "message": f"{field}: {first['msg']}"}
+    return None

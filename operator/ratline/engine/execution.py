@@ -170,9 +170,11 @@ class Execution(WorkflowContext):
         command_id = self._cmd.issue("timer", "sleep")
         await self._waits.sleep(command_id, delta)
 
-    def promise(self, name: str, timeout: timedelta | str | float | None = None) -> Promise[Any]:
+    def promise(
+        self, name: str, timeout: timedelta | str | float | None = None, *, type: Any = None
+    ) -> Promise[Any]:
         command_id = self._cmd.issue("promise", name)
-        state = self._waits.create_promise(command_id, name, timeout)
+        state = self._waits.create_promise(command_id, name, timeout, type)
         return PromiseHandle(state, self._waits.await_promise)
 
     async def set(self, key: str, value: Any) -> None:

@@ -51,6 +51,7 @@ class PromiseState:
     deadline: datetime | None
     future: asyncio.Future[Any]
     resolved_seq: int | None = None  # seq of the recorded resolution, when replayed
+    type_: Any = None  # `ctx.promise(..., type=)`: payloads are validated against it
 
 
 @dataclass

@@ -220,7 +220,15 @@ class WorkflowTestEnv:
     async def deliver(
         self, handle: RunHandle, name: str, kind: InboxKind, payload: Any
     ) -> Activation:
-        await self.store.deliver(handle.run_id, name, kind, to_json(payload))
+        """Deliver into the run's inbox and activate it. A signal whose name was used
+        already (say, refused for a bad payload) goes in as `name#2`, `name#3`...,
+        which the engine reads as another delivery for promise `name`."""
+        item, tag = name, 1
+        while not await self.store.deliver(handle.run_id, item, kind, to_json(payload)):
+            if kind not in (InboxKind.SIGNAL, InboxKind.REJECT):
+                break
+            tag += 1
+            item = f"{name}#{tag}"
         return await self.activate(handle)
 
     async def advance(self, delta: timedelta | str | float) -> None:
