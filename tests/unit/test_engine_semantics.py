@@ -88,7 +88,7 @@ async def test_non_determinism_inside_except_exception_stops_at_the_first_mismat
     assert after[-1].payload == {"expected": "step 'reserve'", "recorded": "step 'charge'"}
 
 
-async def test_even_except_base_exception_cannot_issue_another_command() -> None:
+async def test_a_swallowed_mismatch_still_stops_every_later_command() -> None:
     name = unique("greedy")
     effects: list[str] = []
 
@@ -99,6 +99,7 @@ async def test_even_except_base_exception_cannot_issue_another_command() -> None
     async def v2(ctx: WorkflowContext, _: None) -> str:
         with contextlib.suppress(BaseException):  # the point of the test
             await ctx.run("b", lambda: effects.append("b"))
+        await ctx.sleep("1h")  # command 2 matches history: it must not go on regardless
         await ctx.run("after", lambda: effects.append("after"))
         return "swallowed"
 
@@ -107,9 +108,11 @@ async def test_even_except_base_exception_cannot_issue_another_command() -> None
     run = await env.start(name)
     workflow(name=name)(v2)
     run.spec = ratline.sdk.spec_of(name)
-    await run.resume()
-    assert run.status is RunStatus.BLOCKED
+    ended = await run.resume()
+    assert ended.status is RunStatus.BLOCKED
+    await env.advance("2h")
     assert effects == []
+    assert [e.type for e in await run.history()][-1] is EventType.RUN_BLOCKED
 
 
 def test_non_determinism_error_is_not_an_exception() -> None:

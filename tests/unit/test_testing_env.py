@@ -36,7 +36,7 @@ async def test_a_crash_after_a_step_stops_siblings_in_flight() -> None:
             ctx.run_async("slow-1", item, "slow-1", 50),
             ctx.run_async("slow-2", item, "slow-2", 50),
         ]
-        return await ctx.gather(*handles)
+        return await ctx.gather(*handles, return_exceptions=True)  # waits for every item
 
     env = WorkflowTestEnv()
     env.simulate_crash_after("first")
