@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random as _random
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
 from ratline.engine.flush import Flusher
@@ -77,7 +77,7 @@ class Commands:
         self.changed = asyncio.Event()  # set whenever a branch may have moved
         self.tasks: set[asyncio.Task[Any]] = set()  # the workflow's branches
         self.live = 0  # branches not finished yet
-        self.parked: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}  # branch -> what it awaits
+        self.parked: dict[asyncio.Task[Any], Callable[[], bool]] = {}  # branch -> still waiting?
         self.steps: list[StepInfo] = []
         self.in_flight = 0  # side effects running right now
         self.crashed = False  # testing: the simulated process died; nothing more happens
@@ -171,13 +171,15 @@ class Commands:
         self.changed.set()
 
     @contextlib.contextmanager
-    def park(self, future: asyncio.Future[Any]) -> Iterator[None]:
-        """The current branch waits for `future`: a durable wait or another branch."""
+    def park(self, waiting: Callable[[], bool]) -> Iterator[None]:
+        """The current branch waits while `waiting()` holds: a durable wait not yet
+        ended, or other branches not yet done. Asked directly, not through done
+        callbacks, so a wait that just ended never looks open."""
         task = asyncio.current_task()
         if task not in self.tasks or task in self.parked:  # not a branch: no knowledge
             yield
             return
-        self.parked[task] = future
+        self.parked[task] = waiting
         self.changed.set()
         try:
             yield
@@ -189,7 +191,7 @@ class Commands:
         branch is parked on a wait that has not ended."""
         if self.in_flight or self.live != len(self.parked):
             return False
-        return not any(future.done() for future in self.parked.values())
+        return all(waiting() for waiting in self.parked.values())
 
     async def flush(self, update: RunUpdate | None = None) -> None:
         self.halted()  # nothing decided after a mismatch or a crash reaches history

@@ -31,6 +31,7 @@ from ratline.engine.parts import (
     child_name,
     current_step,
     iso,
+    joined,
     parse_time,
     return_type,
 )
@@ -155,11 +156,11 @@ class Execution(WorkflowContext):
     async def gather(self, *handles: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
         cmd = self._cmd
         branches = [h.task if isinstance(h, Handle) else cmd.spawn(_awaited(h)) for h in handles]
-        joined = asyncio.gather(
+        gathered = asyncio.gather(
             *(asyncio.shield(b) for b in branches), return_exceptions=return_exceptions
         )
-        with cmd.park(joined):  # this branch moves only when the joined ones end
-            results = await joined
+        with cmd.park(joined(branches, return_exceptions)):  # moves when they end
+            results = await gathered
         for item in results:
             if isinstance(item, WorkflowCancelled | NonDeterminismError | Abort | SimulatedCrash):
                 raise item

@@ -94,7 +94,7 @@ class ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
         return not self._replaying() and super().isEnabledFor(level)
 
 
-Park = Callable[[asyncio.Future[Any]], AbstractContextManager[None]]
+Park = Callable[[Callable[[], bool]], AbstractContextManager[None]]
 
 
 class Handle(TaskHandle[Any]):
@@ -107,7 +107,7 @@ class Handle(TaskHandle[Any]):
         self._park = park
 
     async def result(self) -> Any:
-        with self._park(self.task):
+        with self._park(lambda: not self.task.done()):
             return await asyncio.shield(self.task)
 
 
@@ -175,3 +175,16 @@ def child_name(parent: str, name: str, command_id: int) -> str:
     safe = "".join(c if c.isalnum() or c == "-" else "-" for c in name.lower()).strip("-")
     suffix = f"-{safe}-{command_id}"
     return (parent[: 63 - len(suffix)] + suffix).strip("-")
+
+
+def joined(branches: list[asyncio.Task[Any]], return_exceptions: bool) -> Callable[[], bool]:
+    """Whether a `gather` of `branches` still waits, read from the branches themselves."""
+
+    def waiting() -> bool:
+        if all(b.done() for b in branches):
+            return False
+        if return_exceptions:
+            return True
+        return not any(b.done() and (b.cancelled() or b.exception()) for b in branches)
+
+    return waiting

@@ -43,7 +43,7 @@ class Waits:
         waiter = Waiter(command_id, kind, name, deadline, future)
         self.waiters.append(waiter)
         try:
-            with self.cmd.park(future):
+            with self.cmd.park(lambda: not future.done()):
                 await future
         finally:
             self.waiters.remove(waiter)
@@ -113,7 +113,7 @@ class Waits:
         waiter = Waiter(state.command_id, "promise", state.name, state.deadline, state.future)
         self.waiters.append(waiter)
         try:
-            with self.cmd.park(state.future):
+            with self.cmd.park(lambda: not state.future.done()):
                 return await asyncio.shield(state.future)
         finally:
             self.waiters.remove(waiter)
