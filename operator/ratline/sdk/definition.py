@@ -35,7 +35,6 @@ class WorkflowSpec:
     output_type: Any
     max_duration: timedelta | None  # None: no limit
     retry: RetryPolicy | None  # default policy of steps that set none (`step_retry=`)
-    version: str = ""
     max_retries: int = 0  # whole-workflow attempts after the first one fails
 
 
@@ -58,10 +57,6 @@ _TASKS: dict[str, TaskSpec] = {}
 
 def registered_workflow(name: str) -> WorkflowSpec | None:
     return _WORKFLOWS.get(name)
-
-
-def registered_task(name: str) -> TaskSpec | None:
-    return _TASKS.get(name)
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
