@@ -81,6 +81,7 @@ class Commands:
         self.steps: list[StepInfo] = []
         self.in_flight = 0  # side effects running right now
         self.crashed = False  # testing: the simulated process died; nothing more happens
+        self.stopped = False  # any of abort, blocked, crashed, replay_end: one check per call
         self.replay_end: ReplayEnd | None = None  # the replayer reached the end of history
         self.logger = ReplayQuietLogger(run.id, run.name, lambda: self.replaying)
 
@@ -100,20 +101,27 @@ class Commands:
 
     def issue(self, kind: str, name: str) -> int:
         """Number the next command and check it against what history recorded."""
-        self.halted()
+        if self.stopped:
+            self.halted()
         self.next_command += 1
         command_id = self.next_command
         if not self.history.matches(command_id, kind, name):
-            self.blocked = NonDeterminismError(
-                command_id, f"{kind} {name!r}", self.history.describe(command_id)
-            )
-            self.changed.set()  # the driver stops every branch
-            raise self.blocked
+            raise self.block(command_id, f"{kind} {name!r}")
         if self.options.replay_only and command_id > self.history.max_command:
             self.replay_end = ReplayEnd(command_id)
-            self.changed.set()
+            self._stop()
             raise self.replay_end
         return command_id
+
+    def block(self, command_id: int, expected: str) -> NonDeterminismError:
+        """The code and history disagree at `command_id`: the run stops here for good."""
+        self.blocked = NonDeterminismError(command_id, expected, self.history.describe(command_id))
+        self._stop()
+        return self.blocked
+
+    def _stop(self) -> None:
+        self.stopped = True
+        self.changed.set()  # the driver stops every branch
 
     def halted(self) -> None:
         """Raise if this activation may not go on: lost lease, mismatch, simulated crash.
@@ -133,7 +141,7 @@ class Commands:
     def crash(self, step: str) -> NoReturn:
         """Testing: the process dies here; siblings in flight record nothing more."""
         self.crashed = True
-        self.changed.set()
+        self._stop()
         raise SimulatedCrash(step)
 
     def write(
@@ -194,9 +202,11 @@ class Commands:
         return all(waiting() for waiting in self.parked.values())
 
     async def flush(self, update: RunUpdate | None = None) -> None:
-        self.halted()  # nothing decided after a mismatch or a crash reaches history
+        if self.stopped:  # nothing decided after a mismatch or a crash reaches history
+            self.halted()
         try:
             await self.flusher.flush(update)
         except Exception as exc:  # fenced, or the store is gone: nothing more may be written
             self.abort = exc
+            self._stop()
             raise Abort(exc) from exc

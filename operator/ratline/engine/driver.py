@@ -19,7 +19,6 @@ from ratline.engine.waits import Waits
 from ratline.sdk.context import WorkflowContext
 from ratline.sdk.errors import (
     InputValidationError,
-    NonDeterminismError,
     NonRetryableError,
     OutputValidationError,
     WorkflowCancelled,
@@ -66,7 +65,7 @@ class Driver:
         changed = cmd.changed
         while True:
             changed.clear()  # state is re-read below, so an earlier wake-up is not lost
-            if body.done() or cmd.blocked or cmd.crashed or cmd.replay_end:
+            if body.done() or (cmd.stopped and cmd.abort is None):
                 break
             if waits.fire_due():
                 pass  # the branches it woke run before the next look
@@ -151,12 +150,7 @@ class Driver:
                 if cmd.blocked is not None:
                     raise cmd.blocked
                 if cmd.history.max_command > cmd.next_command:
-                    cmd.blocked = NonDeterminismError(
-                        cmd.next_command + 1,
-                        "the end of the workflow",
-                        cmd.history.describe(cmd.next_command + 1),
-                    )
-                    raise cmd.blocked
+                    raise cmd.block(cmd.next_command + 1, "the end of the workflow")
                 result = validate_output(cmd.spec.name, cmd.spec.output_type, value)
                 cmd.write(EventType.RUN_COMPLETED, None, None, {"result": result})
                 update = RunUpdate(status=RunStatus.SUCCEEDED, result=result, release_lease=True)

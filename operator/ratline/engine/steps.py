@@ -98,8 +98,10 @@ class Steps:
             finally:
                 cmd.in_flight -= 1
                 current_step.reset(token)
-            if cmd.crashed or crash_during == name:  # the process died before recording
+            if crash_during == name:  # testing: the process dies before recording
                 cmd.crash(name)
+            if cmd.stopped:  # a mismatch or a crash elsewhere: this result is not recorded
+                cmd.halted()
             elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             if error is None:
                 result = to_json(value)
