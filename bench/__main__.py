@@ -108,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000, help="recorded steps of c)")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile pass")
     parser.add_argument("--out", type=Path, default=RESULTS / "engine.md")
+    parser.add_argument("--ui", action="store_true", help="only the web UI pages (bench/ui.py)")
     args = parser.parse_args(argv)
+    if args.ui:
+        from bench import ui
+
+        return ui.main([])
     cfg = {
         "reps": args.reps,
         "steps": args.steps,

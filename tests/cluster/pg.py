@@ -182,9 +182,13 @@ class PostgresServer:
 
     def restart(self) -> None:
         """Stop then start on the same port: clients lose their connections."""
-        port = self.port
         self.stop()
-        self._start_on(port)
+        self.resume()
+
+    def resume(self) -> None:
+        """Start again after `stop()` on the same port, so clients' DSNs stay valid
+        (an outage: `stop()`, wait, `resume()`)."""
+        self._start_on(self.port)
 
     def create_database(self, name: str) -> str:
         """Create an empty database and return its DSN."""

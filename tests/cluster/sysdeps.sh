@@ -2,6 +2,15 @@
 # Installs the Debian packages the test harness needs when they are missing:
 # PostgreSQL server binaries (initdb, postgres). Needs root or sudo.
 set -euo pipefail
+# --- web UI browser tests (tests/e2e/test_ui.py): Debian's chromium and chromedriver ---
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "sysdeps.sh: installing Debian's chromium and chromium-driver (web UI browser tests)" >&2
+  UI_SUDO=""; [[ $(id -u) -ne 0 ]] && UI_SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $UI_SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $UI_SUDO apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+fi
+# --- end web UI block ---
 have_pg() {
   command -v initdb >/dev/null 2>&1 && return 0
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1

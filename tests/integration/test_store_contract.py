@@ -288,9 +288,10 @@ async def test_append_commits_events_update_and_inbox_consumption_together(store
         ["other-promise"],
     )
     assert [i.name for i in await store.pending_inbox(run.id)] == ["other"]
-    # "other" was delivered but not consumed, so the run is due now, not in 2 hours.
-    assert row.wake_at is not None
-    assert row.wake_at <= _now()
+    # "other" is unconsumed but the run waits for "other-promise": an early signal,
+    # listed, and the timer stays.
+    assert row.early_signals == ["other"]
+    assert row.wake_at == wake
 
 
 async def test_suspending_without_unseen_deliveries_keeps_the_timer(store: Store) -> None:
@@ -422,6 +423,81 @@ async def test_deliver_wakes_a_suspended_run_but_not_a_finished_one(store: Store
     row = await store.get_run(finished.id)
     assert row is not None
     assert row.wake_at is None
+
+
+async def _suspended(store: Store, waiting_for: list[str], wake: datetime | None) -> Lease:
+    """A run whose worker suspended it waiting for `waiting_for` (and `wake`)."""
+    run = await _new_run(store)
+    lease = await store.acquire_lease(run.id, "worker-a")
+    update = RunUpdate(
+        status=RunStatus.SUSPENDED,
+        wake_at=wake,
+        clear_wake_at=wake is None,
+        waiting_for=waiting_for,
+    )
+    await store.append(lease, _events("s"), update)
+    return lease
+
+
+async def test_an_early_signal_is_listed_and_does_not_make_the_run_due(store: Store) -> None:
+    lease = await _suspended(store, ["approval"], None)
+    run_id = lease.run_id
+    assert await store.deliver(run_id, "escalation", InboxKind.SIGNAL, {"level": 2})
+    assert await store.deliver(run_id, "refusal", InboxKind.REJECT, {"message": "no"})
+    soon = _now() + timedelta(seconds=5)
+    assert await store.due_runs(soon) == []
+    row = await store.get_run(run_id)
+    assert row is not None
+    assert (row.status, row.wake_at) == (RunStatus.SUSPENDED, None)
+    assert row.early_signals == ["escalation", "refusal"]
+    # What it waits for makes it due (a tagged name is for the promise before the #);
+    # the early ones stay listed and in the inbox.
+    assert await store.deliver(run_id, "approval#resend", InboxKind.SIGNAL, True)
+    assert [r.id for r in await store.due_runs(soon)] == [run_id]
+    row = await store.get_run(run_id)
+    assert row is not None
+    assert row.early_signals == ["escalation", "refusal"]
+    names = [i.name for i in await store.pending_inbox(run_id)]
+    assert names == ["escalation", "refusal", "approval#resend"]
+    # Running again clears the list (it describes a suspended run only).
+    await store.append(lease, [], RunUpdate(status=RunStatus.RUNNING), ["approval#resend"])
+    row = await store.get_run(run_id)
+    assert row is not None
+    assert row.early_signals == []
+
+
+@pytest.mark.parametrize("kind", [InboxKind.CANCEL, InboxKind.TIMEOUT])
+async def test_cancel_and_timeout_wake_a_run_whatever_it_waits_for(
+    store: Store, kind: InboxKind
+) -> None:
+    lease = await _suspended(store, ["approval"], _now() + timedelta(days=1))
+    assert await store.deliver(lease.run_id, kind.value, kind)
+    assert [r.id for r in await store.due_runs(_now() + timedelta(seconds=5))] == [lease.run_id]
+
+
+async def test_suspending_with_only_early_items_keeps_the_timer(store: Store) -> None:
+    """Items delivered while the run was running: at suspension only those the run
+    waits for make it due; the rest are listed as early."""
+    run = await _new_run(store)
+    lease = await store.acquire_lease(run.id, "worker-a")
+    await store.append(lease, _events("a"), RunUpdate(status=RunStatus.RUNNING))
+    await store.deliver(run.id, "escalation", InboxKind.SIGNAL, 1)
+    wake = _now() + timedelta(hours=1)
+    suspend = RunUpdate(status=RunStatus.SUSPENDED, wake_at=wake, waiting_for=["approval"])
+    await store.append(lease, [], suspend)
+    row = await store.get_run(run.id)
+    assert row is not None
+    assert (row.wake_at, row.early_signals) == (wake, ["escalation"])
+    assert await store.due_runs(_now() + timedelta(seconds=5)) == []
+    # The same item, once the run waits for it, makes the suspension due at once.
+    await store.append(lease, [], RunUpdate(status=RunStatus.RUNNING))
+    wait_for_it = RunUpdate(status=RunStatus.SUSPENDED, wake_at=wake, waiting_for=["escalation"])
+    await store.append(lease, [], wait_for_it)
+    row = await store.get_run(run.id)
+    assert row is not None
+    assert row.early_signals == []
+    assert row.wake_at is not None
+    assert row.wake_at <= _now()
 
 
 async def test_deliver_to_unknown_run_raises_not_found(store: Store) -> None:

@@ -9,15 +9,18 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from ratline import WorkflowContext, workflow
 from ratline.engine import ExecutionOptions, activate
 from ratline.errors import FencedError
 from ratline.sdk import spec_of
-from ratline.store import EventType, NewRun, RunStatus
+from ratline.store import DEFAULT_STORE_RETRY_S, EventType, InboxKind, NewRun, RunStatus
 from ratline.store.postgres import PostgresStore
+from ratline.worker.main import parse_settings
 from tests.cluster.pg import PostgresServer
 from tests.integration import workflows
 
@@ -279,3 +282,59 @@ async def test_workflow_default_retry_from_the_operator_sets_the_attempts(
     bad = await asyncio.to_thread(run_worker, migrated_dsn, run_id, RATLINE_DEFAULT_RETRY="[1]")
     assert bad.returncode == 2
     assert "RATLINE_DEFAULT_RETRY" in bad.stderr
+
+
+@workflow(name="it-approval-then-escalation")
+async def approval_then_escalation(ctx: WorkflowContext, _: None) -> list[object]:
+    approved = await ctx.promise("approval").wait()
+    escalated = await ctx.promise("escalation").wait()
+    return [approved, escalated]
+
+
+async def test_an_early_signal_keeps_the_run_asleep_and_resolves_its_promise_later(
+    store: PostgresStore,
+) -> None:
+    run_id = await new_run(store, "it-approval-then-escalation", None, "")
+    spec = spec_of(approval_then_escalation)
+    options = ExecutionOptions(idle_threshold_s=0)
+    first = await activate(store, run_id, owner="w1", spec=spec, options=options)
+    assert (first.status, first.waiting_for) == (RunStatus.SUSPENDED, ["approval"])
+    assert await store.deliver(run_id, "escalation", InboxKind.SIGNAL, "level-2")
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    assert await store.due_runs(soon) == []  # nothing it waits for happened
+    run = await store.get_run(run_id)
+    assert run is not None
+    assert (run.status, run.early_signals) == (RunStatus.SUSPENDED, ["escalation"])
+    assert run.wake_at is None or run.wake_at > soon  # not now (at most a maxDuration)
+    # Woken anyway (a stray worker): it goes back to sleep and the signal keeps waiting.
+    again = await activate(store, run_id, owner="w2", spec=spec, options=options)
+    assert (again.status, again.waiting_for) == (RunStatus.SUSPENDED, ["approval"])
+    assert await store.due_runs(soon) == []
+    assert [i.name for i in await store.pending_inbox(run_id)] == ["escalation"]
+    # What it waits for wakes it; the early signal resolves its promise once created.
+    assert await store.deliver(run_id, "approval", InboxKind.SIGNAL, "yes")
+    assert [r.id for r in await store.due_runs(soon)] == [run_id]
+    done = await activate(store, run_id, owner="w3", spec=spec, options=options)
+    assert (done.status, done.result) == (RunStatus.SUCCEEDED, ["yes", "level-2"])
+    assert await store.pending_inbox(run_id) == []
+    history = await store.load_history(run_id)
+    resolved = [(e.name, e.payload) for e in history if e.type is EventType.PROMISE_RESOLVED]
+    assert resolved == [("approval", {"value": "yes"}), ("escalation", {"value": "level-2"})]
+
+
+def test_store_retry_comes_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--run-id", "r", "--dsn", "postgresql://x@127.0.0.1/db"]
+    monkeypatch.delenv("RATLINE_STORE_RETRY", raising=False)
+    assert parse_settings(base).store_retry_s == DEFAULT_STORE_RETRY_S >= 600
+    monkeypatch.setenv("RATLINE_STORE_RETRY", "900")
+    assert parse_settings(base).store_retry_s == 900
+    assert parse_settings([*base, "--store-retry", "30"]).store_retry_s == 30
+    with pytest.raises(SystemExit):
+        parse_settings([*base, "--store-retry", "-1"])
+    assert "--store-retry" in capsys.readouterr().err
+    monkeypatch.setenv("RATLINE_STORE_RETRY", "ten minutes")
+    with pytest.raises(SystemExit):
+        parse_settings(base)
+    assert "RATLINE_STORE_RETRY" in capsys.readouterr().err

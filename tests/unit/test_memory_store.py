@@ -24,7 +24,7 @@ from ratline.store import (
     RunUpdate,
     open_store,
 )
-from ratline.store.base import trusted
+from ratline.store.base import trusted, wakes
 from ratline.store.memory import MemoryStore
 
 
@@ -145,3 +145,38 @@ def test_trusted_models_equal_validated_ones() -> None:
     assert fast.seq == 4
     with pytest.raises(ValidationError):
         fast.seq = 9  # still frozen
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "waiting_for", "due"),
+    [
+        (InboxKind.CANCEL, "cancel", [], True),
+        (InboxKind.TIMEOUT, "timeout", ["approval"], True),
+        (InboxKind.SIGNAL, "approval", ["approval"], True),
+        (InboxKind.REJECT, "approval", ["approval", "other"], True),
+        (InboxKind.SIGNAL, "approval#2", ["approval"], True),  # a tagged resend
+        (InboxKind.SIGNAL, "escalation", ["approval"], False),
+        (InboxKind.SIGNAL, "escalation#2", ["approval"], False),
+        (InboxKind.REJECT, "escalation", [], False),
+    ],
+)
+def test_only_what_a_run_waits_for_wakes_it(
+    kind: InboxKind, name: str, waiting_for: list[str], due: bool
+) -> None:
+    """The inbox rule the memory store applies (Postgres: ratline_wakes, 0003)."""
+    assert wakes(kind, name, waiting_for) is due
+
+
+async def test_an_early_signal_waits_on_the_memory_clock_too() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    run = await store.create_run(NewRun(id=str(uuid.uuid4()), name="r", workflow="wf"))
+    lease = await store.acquire_lease(run.id, "w")
+    suspend = RunUpdate(status=RunStatus.SUSPENDED, clear_wake_at=True, waiting_for=["approval"])
+    await store.append(lease, [], suspend)
+    await store.deliver(run.id, "escalation", InboxKind.SIGNAL, 1)
+    clock.advance(3600)
+    assert await store.due_runs(clock()) == []
+    record = await store.get_run(run.id)
+    assert record is not None
+    assert record.early_signals == ["escalation"]

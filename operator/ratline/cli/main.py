@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ratline.cli.run_local",  # ratline run module:attr --input JSON
     "ratline.cli.operator_cmd",  # ratline operator
     "ratline.cli.runs",  # history, describe, signal, cancel, retry
+    "ratline.ui.command",  # ratline ui (the web UI)
 )
 
 

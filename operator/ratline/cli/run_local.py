@@ -8,6 +8,10 @@ promise cannot be signalled from here, so it stops with a message; with a
 Postgres DSN and `--name` the same command resumes it later (the run id is
 derived from the name).
 
+A lost Postgres is ridden out: every store call (above all the checkpoint of a
+finished step) is retried with backoff for `--store-retry` seconds
+(`RATLINE_STORE_RETRY`, default 600) before the command gives up.
+
 Exit codes: 0 succeeded, 1 failed / cancelled / timed out / blocked,
 2 usage (bad input JSON, unknown entrypoint, bad DSN), 3 waiting for a promise.
 """
@@ -31,9 +35,10 @@ from ratline.cli.output import event_line, preview
 from ratline.engine import Activation, ExecutionOptions, activate, resolve_entrypoint
 from ratline.engine.activate import EntrypointError
 from ratline.engine.codec import to_json
-from ratline.errors import RatlineError
+from ratline.errors import RatlineError, StoreError
 from ratline.sdk.definition import WorkflowSpec
-from ratline.store import NewRun, RunStatus, Store, open_store
+from ratline.store import DEFAULT_STORE_RETRY_S, NewRun, RunStatus, Store, open_store
+from ratline.worker.main import add_store_retry_flag
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
 #: Namespace recorded for local runs, so they never collide with a cluster's.
@@ -64,6 +69,7 @@ def register(subparsers: Any) -> None:
         default=2.0,
         help="seconds: shorter waits stay inside one activation (as in a worker pod)",
     )
+    add_store_retry_flag(parser)
     parser.set_defaults(func=main)
 
 
@@ -87,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
         dsn=args.dsn,
         name=args.name,
         idle_threshold_s=args.idle_threshold,
+        store_retry_s=args.store_retry,
     )
     try:
         return asyncio.run(local.run())
@@ -112,6 +119,7 @@ class LocalRun:
     dsn: str = "memory://"
     name: str | None = None
     idle_threshold_s: float = 2.0
+    store_retry_s: float = DEFAULT_STORE_RETRY_S
     out: TextIO = field(default_factory=lambda: sys.stdout)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     sleep: Callable[[float], Any] = asyncio.sleep
@@ -123,7 +131,7 @@ class LocalRun:
         """Open the store (unless given), drive the run, close what it opened."""
         own = store is None
         if store is None:
-            store = await open_store(self.dsn)
+            store = await open_store(self.dsn, retry_s=self.store_retry_s)
         try:
             await store.migrate()
             return await self._drive(store)
@@ -171,7 +179,10 @@ class LocalRun:
         )
         try:
             while not task.done():
-                await self._print_new(store, run_id)
+                try:
+                    await self._print_new(store, run_id)
+                except StoreError as exc:  # printing is no reason to stop the activation
+                    self._say(f"(cannot show progress: {exc})")
                 await asyncio.wait({task}, timeout=self.poll_s)
         finally:
             if not task.done():

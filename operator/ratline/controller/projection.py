@@ -46,6 +46,7 @@ PROJECTED_KEYS = (
     "steps",
     "stepsOmitted",
     "pendingPromises",
+    "earlySignals",
     "sleepingUntil",
     "state",
     "result",
@@ -413,6 +414,7 @@ def project(record: RunRecord | None, fold: HistoryFold) -> Projection:
         "pendingPromises": None
         if finished or not fold.promises
         else list(fold.promises.values())[:MAX_PROMISES],
+        "earlySignals": None if finished else record.early_signals[:MAX_PROMISES] or None,
         "sleepingUntil": iso(sleeping_until),
         "state": capped_state(fold.state, fold.state_omitted) if fold.state else None,
         "result": preview(record.result) if record.status is RunStatus.SUCCEEDED else None,

@@ -15,8 +15,8 @@ import logging
 
 from ratline.engine.execution import Execution
 from ratline.engine.outcome import Activation
-from ratline.engine.parts import ExecutionOptions
-from ratline.errors import FencedError, PermanentError
+from ratline.engine.parts import Abort, ExecutionOptions
+from ratline.errors import FencedError, PermanentError, StoreError
 from ratline.sdk.definition import WorkflowSpec, registered_workflow, spec_of
 from ratline.store.base import Lease, Store
 
@@ -75,18 +75,27 @@ async def activate(
         return Activation(run.status, result=run.result, error=run.error)
     renewer: asyncio.Task[None] | None = None
     execution: Execution | None = None
+    store_gave_up = False
     try:
         if spec is None:
             spec = resolve_entrypoint(run.entrypoint or run.workflow)
         renewer = asyncio.create_task(_keep_lease(store, lease, lease_ttl_s))
         execution = Execution(store, lease, run, spec, begun.history, options, begun.inbox)
-        return await execution.activate()
+        try:
+            return await execution.activate()
+        except Abort as exc:  # a commit outside the body failed: fenced, or the store gave up
+            raise exc.cause from None
+    except StoreError as exc:
+        # The store failed (typically: out of its retry budget). Releasing would wait out
+        # a second budget; the lease expires by itself.
+        store_gave_up = type(exc) is StoreError
+        raise
     finally:
         if renewer is not None:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renewer
-        if execution is None or not execution.released:
+        if not store_gave_up and (execution is None or not execution.released):
             with contextlib.suppress(Exception):
                 await store.release_lease(lease)
 

@@ -1,32 +1,25 @@
 """Write-behind buffer of an activation's events, committed in one append.
 
-Appends are fenced by the lease epoch. A connection lost mid-commit is retried
-only after checking the run's history length, so a commit that did land is
-never written twice.
+Appends are fenced by the lease epoch. A connection lost mid-commit is retried by
+the store (its one retry loop, bounded by its outage budget); the append's token
+makes sure a commit that did land is never written twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
-from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
 from ratline.store.base import Lease, NewEvent, RunStatus, RunUpdate, Store
-
-log = logging.getLogger(__name__)
 
 
 class Flusher:
     """Buffers events, consumed inbox names and a pending status for the next commit."""
 
-    def __init__(
-        self, store: Store, lease: Lease, run_id: str, history_length: int, retry_s: float = 60.0
-    ) -> None:
+    def __init__(self, store: Store, lease: Lease, run_id: str, history_length: int) -> None:
         self.store = store
         self.lease = lease
         self.run_id = run_id
         self.length = history_length
-        self.retry_s = retry_s
         self._events: list[NewEvent] = []
         self._consumed: list[str] = []
         self._status: RunStatus | None = None
@@ -69,34 +62,8 @@ class Flusher:
     async def _append(
         self, events: list[NewEvent], update: RunUpdate | None, consumed: list[str]
     ) -> None:
-        delay = 0.2
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.retry_s
-        while True:
-            try:
-                await self.store.append(self.lease, events, update, consumed)
-                self.length += len(events)
-                return
-            except (FencedError, LeaseHeldError, RunNotFoundError):
-                raise
-            except (StoreError, OSError) as exc:
-                if loop.time() > give_up:
-                    raise
-                log.warning(
-                    "append to run %s failed (%s); retrying in %.1fs", self.run_id, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                if await self._landed(len(events)):
-                    return
-
-    async def _landed(self, count: int) -> bool:
-        """After a lost connection: did the commit we could not confirm go through?"""
-        try:
-            run = await self.store.get_run(self.run_id)
-        except (StoreError, OSError):
-            return False
-        if run is not None and count and run.history_length >= self.length + count:
-            self.length = run.history_length
-            return True
-        return False
+        """One append. Retrying a lost connection is the store's job (one loop, one
+        budget: `PostgresStore` retries within `retry_s`, with a token so a commit whose
+        reply was lost is not written twice); a second loop here would stack budgets."""
+        await self.store.append(self.lease, events, update, consumed)
+        self.length += len(events)

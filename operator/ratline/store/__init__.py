@@ -9,6 +9,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ratline.store.base import (
+    DEFAULT_STORE_RETRY_S,
+    STORE_RETRY_ENV,
     Begun,
     Event,
     EventType,
@@ -24,6 +26,8 @@ from ratline.store.base import (
 )
 
 __all__ = [
+    "DEFAULT_STORE_RETRY_S",
+    "STORE_RETRY_ENV",
     "Begun",
     "Event",
     "EventType",
@@ -40,16 +44,17 @@ __all__ = [
 ]
 
 
-async def open_store(dsn: str) -> Store:
+async def open_store(dsn: str, *, retry_s: float = DEFAULT_STORE_RETRY_S) -> Store:
     """A connected store for `dsn`: `postgresql://`/`postgres://` or `memory://`.
 
+    `retry_s`: how long each call of a Postgres store rides out a lost connection.
     The Postgres store is imported lazily so `memory://` users never load asyncpg.
     """
     scheme = urlsplit(dsn).scheme.lower() if "://" in dsn else ""
     if scheme in ("postgresql", "postgres"):
         from ratline.store.postgres import PostgresStore
 
-        return await PostgresStore.connect(dsn)
+        return await PostgresStore.connect(dsn, retry_s=retry_s)
     if scheme == "memory":
         from ratline.store.memory import MemoryStore
 

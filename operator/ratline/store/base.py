@@ -16,6 +16,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: How long a store call rides out a lost Postgres before it gives up (seconds): the one
+#: retry budget of the Postgres store. While the lease is ours, a checkpoint waits this
+#: long for Postgres to come back before the process may exit. The worker and
+#: `ratline run` read it from this variable or `--store-retry`.
+DEFAULT_STORE_RETRY_S = 600.0
+STORE_RETRY_ENV = "RATLINE_STORE_RETRY"
+
 
 class RunStatus(enum.StrEnum):
     """Where a run stands, as the store records it (the CRD phase derives from it)."""
@@ -131,6 +138,10 @@ class RunRecord(BaseModel):
     error: dict[str, Any] | None = None
     wake_at: datetime | None = None
     waiting_for: list[str] = Field(default_factory=list)  # promise names
+    # Signals and rejections of a suspended run that match none of `waiting_for` (their
+    # promise is not created or not awaited yet): they wait in the inbox without waking
+    # the run and resolve their promise once it exists. Empty unless suspended.
+    early_signals: list[str] = Field(default_factory=list)
     lease_owner: str | None = None
     lease_epoch: int = 0
     lease_expires_at: datetime | None = None
@@ -210,6 +221,14 @@ class Begun:
     lease: Lease | None
     history: list[Event]
     inbox: list[InboxItem]
+
+
+def wakes(kind: InboxKind, name: str, waiting_for: Sequence[str]) -> bool:
+    """Whether an inbox item makes a suspended run due: a cancel or a timeout always,
+    a signal or rejection only for a promise the run waits for (an item `name#tag`,
+    e.g. a corrected resend, is for promise `name`). The memory store uses this; the
+    Postgres store keeps the same rule in SQL (0003_early_signals.sql)."""
+    return kind in (InboxKind.CANCEL, InboxKind.TIMEOUT) or name.partition("#")[0] in waiting_for
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -300,15 +319,21 @@ class Store(abc.ABC):
     ) -> list[Event]:
         """Append in one commit, conditional on the lease epoch (`FencedError`
         otherwise); also applies `update` (including `release_lease`) and marks inbox
-        items consumed. Wakes `wait_for_change` waiters when the status changes, when
-        the lease is released and at least every quarter second while appends go on
-        (Postgres throttles per-step notifications; see docs/architecture.md)."""
+        items consumed. An append that suspends the run sets `wake_at` to now when an
+        unconsumed item `wakes` it (delivered after the worker last read its inbox) and
+        lists the others in `early_signals`. Wakes `wait_for_change` waiters when the
+        status changes, when the lease is released and at least every quarter second
+        while appends go on (Postgres throttles per-step notifications; see
+        docs/architecture.md)."""
 
     # inbox
     @abc.abstractmethod
     async def deliver(self, run_id: str, name: str, kind: InboxKind, payload: Any = None) -> bool:
         """Insert into the inbox once; False when (run_id, name) was already there.
-        Wakes a suspended run (sets wake_at to now)."""
+
+        Wakes a suspended run (sets wake_at to now) when the item is a cancel or a
+        timeout or names a promise in `waiting_for`; any other signal or rejection is
+        early: it is added to `early_signals` and the run sleeps on (see `wakes`)."""
 
     @abc.abstractmethod
     async def pending_inbox(self, run_id: str) -> list[InboxItem]:

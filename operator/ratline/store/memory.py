@@ -28,6 +28,7 @@ from ratline.store.base import (
     RunUpdate,
     Store,
     trusted,
+    wakes,
 )
 
 
@@ -61,6 +62,7 @@ def _out(run: RunRecord) -> RunRecord:
             "result": _copy(run.result),
             "error": _copy(run.error),
             "waiting_for": list(run.waiting_for),
+            "early_signals": list(run.early_signals),
         }
     )
 
@@ -291,9 +293,18 @@ class MemoryStore(Store):
             item = inbox.get(name)
             if item is not None:
                 inbox[name] = item.model_copy(update={"consumed": True})
-        suspending = update is not None and update.status == RunStatus.SUSPENDED
-        if suspending and any(not item.consumed for item in inbox.values()):
-            run = run.model_copy(update={"wake_at": now})  # a delivery it has not seen
+        if update is not None and update.status == RunStatus.SUSPENDED:
+            waiting = [item for item in inbox.values() if not item.consumed]
+            changes: dict[str, Any] = {
+                "early_signals": [
+                    i.name for i in waiting if not wakes(i.kind, i.name, run.waiting_for)
+                ]
+            }
+            if any(wakes(i.kind, i.name, run.waiting_for) for i in waiting):
+                changes["wake_at"] = now  # a delivery it has not seen, and waits for
+            run = run.model_copy(update=changes)
+        elif update is not None and update.status is not None:
+            run = run.model_copy(update={"early_signals": []})
         self._runs[lease.run_id] = run.model_copy(update={"history_length": base + len(new)})
         self._events[lease.run_id].extend(new)
         self._notify(lease.run_id)
@@ -310,7 +321,10 @@ class MemoryStore(Store):
         inbox[name] = InboxItem(
             run_id=run_id, name=name, kind=InboxKind(kind), payload=_copy(payload), created_at=now
         )
-        if not run.status.finished:
+        if run.status is RunStatus.SUSPENDED and not wakes(kind, name, run.waiting_for):
+            early = [*run.early_signals, name]  # waits for its promise; the run sleeps on
+            self._runs[run_id] = run.model_copy(update={"early_signals": early, "updated_at": now})
+        elif not run.status.finished:
             self._runs[run_id] = run.model_copy(update={"wake_at": now, "updated_at": now})
         self._notify(run_id)
         return True

@@ -6,10 +6,11 @@ that fences on the lease epoch, writes the events, applies the run update, consu
 inbox items, may release the lease and NOTIFYs in one commit; appends of many runs
 waiting at once share one statement (`pg_append.py`). `begin` starts an activation
 in one call, and history crosses the wire as one json value, decoded in one go.
-Connection failures (Postgres restarting, a dropped socket) are retried with
-backoff for a bounded time; `append` carries a token so a retry after a lost
-reply never writes twice. Which errors are retried, the
-connect retries and the LISTEN connection live in `pg_connection.py`.
+Connection failures (Postgres stopped or restarting, a dropped socket) are retried
+with backoff by one loop (`pg_connection.retry`) within one budget, `retry_s`
+(default `DEFAULT_STORE_RETRY_S`, 10 minutes); `append` carries a token so a retry
+after a lost reply never writes twice. Which errors are retried, that loop and the
+self-healing LISTEN connection live in `pg_connection.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import gc
 import itertools
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ import pydantic_core
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
 from ratline.store import migrate as migrations
 from ratline.store.base import (
+    DEFAULT_STORE_RETRY_S,
     Begun,
     Event,
     EventType,
@@ -55,6 +56,7 @@ from ratline.store.pg_connection import (
     PlainConn,
     PooledConn,
     describe_dsn,
+    retry,
     usable,
     with_connect_retry,
 )
@@ -129,13 +131,24 @@ SELECT coalesce(json_agg(json_build_array(seq, type, command_id, name, payload, 
 FROM events WHERE run_id = $1 AND seq > $2
 """
 _BEGIN = "SELECT ratline_begin($1, $2, $3)"
+# A suspended run is woken only by what it waits for (ratline_wakes, 0003); an early
+# signal is listed instead. Run after a suspending commit, the UPDATE waits for its row
+# lock and then sees the new status and waiting_for.
 _DELIVER = """
 WITH ins AS (
     INSERT INTO inbox (run_id, name, kind, payload) VALUES ($1, $2, $3, $4)
     ON CONFLICT (run_id, name) DO NOTHING
-    RETURNING run_id
+    RETURNING run_id, name, kind
 ), woke AS (
-    UPDATE runs SET wake_at = now(), updated_at = now()
+    UPDATE runs SET
+        wake_at = CASE WHEN runs.status <> 'suspended'
+                            OR ratline_wakes(ins.kind, ins.name, runs.waiting_for)
+                       THEN now() ELSE runs.wake_at END,
+        early_signals = CASE WHEN runs.status = 'suspended'
+                                  AND NOT ratline_wakes(ins.kind, ins.name, runs.waiting_for)
+                             THEN array_append(runs.early_signals, ins.name)
+                             ELSE runs.early_signals END,
+        updated_at = now()
     FROM ins
     WHERE runs.id = ins.run_id
       AND runs.status NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')
@@ -232,7 +245,7 @@ class PostgresStore(Store):
         pool: asyncpg.Pool[asyncpg.Record],
         dsn: str,
         *,
-        op_retry_s: float,
+        retry_s: float,
         connect_timeout_s: float,
         migrations_dir: Path,
         max_senders: int = 1,
@@ -240,10 +253,10 @@ class PostgresStore(Store):
         self._pool = pool
         self._dsn = dsn
         self._where = describe_dsn(dsn)
-        self._op_retry_s = op_retry_s
+        self._retry_s = retry_s
         self._connect_timeout_s = connect_timeout_s
         self._migrations_dir = migrations_dir
-        self._listener = Listener(self._connect_listener)
+        self._listener = Listener(self._connect_listener, self._where)
         self._spare: PooledConn | None = None
         self._closed = False
         self._token_prefix = uuid.uuid4().hex[:16]
@@ -258,13 +271,17 @@ class PostgresStore(Store):
         min_size: int = 1,
         max_size: int = 10,
         connect_retry_s: float = 10.0,
-        op_retry_s: float = 10.0,
+        retry_s: float = DEFAULT_STORE_RETRY_S,
         connect_timeout_s: float = 5.0,
         migrations_dir: Path = migrations.MIGRATIONS_DIR,
     ) -> PostgresStore:
         """Open a pool, retrying unreachable servers for `connect_retry_s` seconds.
 
-        `op_retry_s` bounds how long each later call retries a lost connection.
+        `retry_s` is the outage budget of every later call: a lost connection is
+        retried (and the call repeated; appends carry a token, so never twice) until
+        Postgres is back or `retry_s` seconds passed since the call first failed.
+        Starting up is bounded separately and shorter: nothing is pending yet, and
+        the operator restarts a worker that exits 69 with backoff.
         """
         pool = await with_connect_retry(
             dsn,
@@ -281,36 +298,28 @@ class PostgresStore(Store):
         return cls(
             pool,
             dsn,
-            op_retry_s=op_retry_s,
+            retry_s=retry_s,
             connect_timeout_s=connect_timeout_s,
             migrations_dir=migrations_dir,
             max_senders=max(1, max_size // 2),  # leave connections for begin and reads
         )
 
     async def _call(self, what: str, op: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run `op` on a connection, retrying connection loss with backoff."""
-        deadline: float | None = None
-        delay = 0.05
-        while True:
-            try:
-                return await self._on_connection(op)
-            except StoreError:
-                raise
-            except CONNECTION_ERRORS as exc:
-                now = time.monotonic()
-                deadline = deadline or now + self._op_retry_s
-                if self._closed or now + delay > deadline:
-                    raise StoreError(
-                        f"{what}: lost the connection to Postgres at {self._where} "
-                        f"(retried {self._op_retry_s:g} s): {type(exc).__name__}: {exc}"
-                    ) from exc
-                log.warning("%s: Postgres connection lost (%s); retrying", what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise RunNotFoundError(f"{what}: no such run") from exc
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        """Run `op` on a connection; a lost connection is retried by `retry` within the
+        store's one budget (`retry_s`), every other error is raised at once."""
+        try:
+            return await retry(
+                f"{what}: lost the connection to Postgres at {self._where}",
+                self._retry_s,
+                lambda: self._on_connection(op),
+                stop=lambda: self._closed,
+            )
+        except StoreError:
+            raise
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise RunNotFoundError(f"{what}: no such run") from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
     async def _on_connection(self, op: Callable[[Conn], Awaitable[T]]) -> T:
         """Run `op` on the spare connection, or on one from the pool when it is busy.
@@ -599,8 +608,5 @@ class PostgresStore(Store):
         return await self._listener.wait(run_id, timeout_s)
 
     async def _connect_listener(self) -> PlainConn:
-        return await with_connect_retry(
-            self._dsn,
-            self._op_retry_s,
-            lambda: asyncpg.connect(self._dsn, timeout=self._connect_timeout_s),
-        )
+        """One attempt: the listener retries (and logs) on its own, for as long as needed."""
+        return await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)

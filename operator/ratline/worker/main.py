@@ -22,7 +22,14 @@ from ratline.engine import ExecutionOptions, activate, resolve_entrypoint
 from ratline.engine.activate import EntrypointError
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
 from ratline.sdk.retry import RetryPolicy
-from ratline.store import RunStatus, RunUpdate, Store, open_store
+from ratline.store import (
+    DEFAULT_STORE_RETRY_S,
+    STORE_RETRY_ENV,
+    RunStatus,
+    RunUpdate,
+    Store,
+    open_store,
+)
 
 log = logging.getLogger("ratline.worker")
 
@@ -46,6 +53,7 @@ class WorkerSettings:
     worker_id: str
     attempt: int
     default_retry: RetryPolicy | None = None  # Workflow.spec.defaults.retry
+    store_retry_s: float = DEFAULT_STORE_RETRY_S  # how long a store call rides out an outage
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
@@ -61,6 +69,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     default_id = env.get("RATLINE_WORKER_ID") or env.get("HOSTNAME") or socket.gethostname()
     parser.add_argument("--worker-id", default=f"{default_id}:{os.getpid()}")
     parser.add_argument("--attempt", type=int, default=int(env.get("RATLINE_ATTEMPT", "1")))
+    add_store_retry_flag(parser)
     args = parser.parse_args(argv)
     for flag, var in (("run_id", "RATLINE_RUN_ID"), ("dsn", "RATLINE_DSN")):
         if not getattr(args, flag):
@@ -73,7 +82,34 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         worker_id=args.worker_id,
         attempt=args.attempt,
         default_retry=_default_retry(parser, env.get("RATLINE_DEFAULT_RETRY", "")),
+        store_retry_s=args.store_retry,
     )
+
+
+def add_store_retry_flag(parser: argparse.ArgumentParser) -> None:
+    """`--store-retry SECONDS` (env `RATLINE_STORE_RETRY`): the store's outage budget.
+
+    Shared by the worker and `ratline run`, so both read the same setting the same way."""
+    raw = os.environ.get(STORE_RETRY_ENV, "")
+    try:
+        default = float(raw) if raw else DEFAULT_STORE_RETRY_S
+    except ValueError:
+        parser.error(f"${STORE_RETRY_ENV} must be a number of seconds, not {raw!r}")
+    parser.add_argument(
+        "--store-retry",
+        type=_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"how long a lost Postgres is retried before giving up (${STORE_RETRY_ENV}, "
+        f"default {DEFAULT_STORE_RETRY_S:g})",
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, not {text}")
+    return value
 
 
 def _default_retry(parser: argparse.ArgumentParser, raw: str) -> RetryPolicy | None:
@@ -97,7 +133,7 @@ async def run_worker(settings: WorkerSettings, store: Store | None = None) -> Ex
     own_store = store is None
     try:
         if store is None:
-            store = await open_store(settings.dsn)
+            store = await open_store(settings.dsn, retry_s=settings.store_retry_s)
     except StoreError as exc:
         log.error("cannot reach the store: %s", exc)
         return ExitCode.STORE_UNREACHABLE
