@@ -182,7 +182,7 @@ class Waits:
     async def poll_inbox(self) -> bool:
         """Read the inbox, but only once what is buffered is durable: no read may fail
         (or wait out an outage) while a finished step's completion is only in memory."""
-        await self.cmd.flusher.flush()
+        await self.cmd.flush()
         self.last_inbox_poll = time.monotonic()
         items = await self.cmd.store.pending_inbox(self.cmd.run.id)
         return self.apply_inbox(items)
