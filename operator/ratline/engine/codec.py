@@ -54,11 +54,16 @@ def validate_input(workflow: str, type_: Any, raw: Any) -> Any:
         raise InputValidationError(workflow, field, first["msg"]) from None
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def validate_output(workflow: str, type_: Any, value: Any) -> Any:
     """The JSON form of a workflow's result, checked against its declared output type:
     a run must not succeed with a result no reader can load."""
     if type_ is Any or type_ is None:
         return to_json(value)
+    if type(value) is type_ and type_ in _SCALARS:  # already exactly what was declared
+        return value
     try:
         adapter = _adapter(type_)
     except TypeError:  # an annotation pydantic cannot check: keep the value as it is
