@@ -41,7 +41,7 @@ def test_rendered_crds_equal_the_source_plus_the_keep_annotation() -> None:
     rendered = rendered_crds(EXTERNAL)
     source = {crd["metadata"]["name"]: crd for crd in source_crds().values()}
     assert sorted(rendered) == sorted(source)
-    assert len(rendered) == 2
+    assert len(rendered) == 3
     for name, crd in rendered.items():
         got = copy.deepcopy(crd)
         annotations = got["metadata"].pop("annotations")

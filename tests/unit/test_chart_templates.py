@@ -185,11 +185,13 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 
 
 OPERATOR_RULES = {
-    ("ratline.dev", "workflowruns"): {"get", "list", "watch", "patch", "create"},
+    ("ratline.dev", "workflowruns"): {"get", "list", "watch", "patch", "create", "delete"},
     ("ratline.dev", "workflowruns/status"): {"get", "patch"},
     ("ratline.dev", "workflowruns/finalizers"): {"update"},
     ("ratline.dev", "workflows"): {"get", "list", "watch"},
     ("ratline.dev", "workflows/status"): {"get", "patch"},
+    ("ratline.dev", "workflowschedules"): {"get", "list", "watch", "patch"},
+    ("ratline.dev", "workflowschedules/status"): {"get", "patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
 }

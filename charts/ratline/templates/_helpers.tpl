@@ -138,6 +138,10 @@ app.kubernetes.io/component: operator
 {{- $args = append $args "--standalone" -}}
 {{- end -}}
 {{- if $op.deleteFinishedPods }}{{ $args = append $args "--delete-finished-pods" }}{{ end -}}
+{{- if $op.retention.keep -}}
+{{- $args = append $args (printf "--retention=%s" $op.retention.keep) -}}
+{{- $args = append $args (printf "--retention-batch=%d" (int $op.retention.batch)) -}}
+{{- end -}}
 {{- if $op.verbose }}{{ $args = append $args "--verbose" }}{{ end -}}
 {{- range $op.extraArgs }}{{ $args = append $args . }}{{ end -}}
 {{- toJson $args -}}
@@ -147,7 +151,7 @@ app.kubernetes.io/component: operator
 {{- define "ratline.rbacRules" -}}
 - apiGroups: ["ratline.dev"]
   resources: ["workflowruns"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  verbs: ["get", "list", "watch", "patch", "create", "delete"]
 - apiGroups: ["ratline.dev"]
   resources: ["workflowruns/status"]
   verbs: ["get", "patch"]
@@ -159,6 +163,12 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch"]
 - apiGroups: ["ratline.dev"]
   resources: ["workflows/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["ratline.dev"]
+  resources: ["workflowschedules"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["ratline.dev"]
+  resources: ["workflowschedules/status"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["pods"]

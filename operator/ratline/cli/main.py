@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "ratline.cli.run_local",  # ratline run module:attr --input JSON
     "ratline.cli.operator_cmd",  # ratline operator
     "ratline.cli.runs",  # history, describe, signal, cancel, retry
+    "ratline.cli.schedules",  # schedule trigger NAME
+    "ratline.cli.list_runs",  # list (from the store, CR or not)
     "ratline.ui.command",  # ratline ui (the web UI)
 )
 

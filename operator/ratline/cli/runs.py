@@ -274,8 +274,21 @@ def _uid(run: dict[str, Any]) -> str:
 # -- read commands ---------------------------------------------------------------------------------
 
 
+def _run_to_read(session: Session, name: str) -> dict[str, Any]:
+    """The WorkflowRun, or (once it is gone: TTL, history limit) the store's record of it."""
+    try:
+        return session.get_run(name)
+    except CliError:
+        from ratline.cli.list_runs import stored_run  # imports this module
+
+        found = stored_run(session, name)
+        if found is None:
+            raise
+        return found
+
+
 def cmd_history(args: argparse.Namespace, session: Session) -> int:
-    run = session.get_run(args.run)
+    run = _run_to_read(session, args.run)
 
     async def load(store: Store) -> list[Event]:
         return await store.load_history(_uid(run))
@@ -291,7 +304,7 @@ def cmd_history(args: argparse.Namespace, session: Session) -> int:
 
 
 def cmd_describe(args: argparse.Namespace, session: Session) -> int:
-    run = session.get_run(args.run)
+    run = _run_to_read(session, args.run)
 
     async def load(store: Store) -> tuple[Any, list[Event]]:
         return await store.get_run(_uid(run)), await store.load_history(_uid(run))

@@ -26,6 +26,7 @@ from ratline.controller.metrics import Metrics, serve
 from ratline.controller.projection import Notice
 from ratline.controller.projector import Projector
 from ratline.controller.reconciler import Reconciler
+from ratline.controller.retention import retention_loop
 from ratline.controller.scheduler import Scheduler
 from ratline.controller.status import RunKey, StatusWriter
 from ratline.controller.workers import Workers
@@ -92,13 +93,16 @@ class Operator:
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         ctx = self.ctx
-        return [
+        loops = [
             ctx.writer.run(),
             ctx.projector.listen(),
             ctx.projector.run(),
             ctx.scheduler.run_timers(),
             ctx.scheduler.run_due_poll(),
         ]
+        if ctx.settings.retention is not None:
+            loops.append(retention_loop(ctx.store, ctx.settings).run())
+        return loops
 
 
 async def run(settings: Settings) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from typing import Any
+
+from ratline.sdk.durations import parse_duration
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class Settings:
     liveness: str | None = None  # e.g. http://0.0.0.0:8081/healthz
     worker_command: tuple[str, ...] = ("python", "-m", "ratline.worker")
     keep_finished_pods: bool = True  # keep a finished run's last pod for `kubectl logs`
+    retention: float | None = None  # seconds finished histories are kept; None: forever
+    retention_batch: int = 500  # runs deleted per retention transaction
+    retention_interval: float = 300.0  # seconds between two retention sweeps
 
     @property
     def clusterwide(self) -> bool:
@@ -105,6 +111,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also delete the last worker pod of a finished run (default: keep it for logs)",
     )
+    _add_retention(add)
+
+
+def _add_retention(add: Any) -> None:
+    add(
+        "--retention",
+        default=_env("RATLINE_RETENTION"),
+        help="keep finished runs' histories in the store this long (e.g. 30d), then prune "
+        "them (RATLINE_RETENTION); default: forever",
+    )
+    add(
+        "--retention-batch",
+        type=int,
+        default=int(_env("RATLINE_RETENTION_BATCH", "500") or 500),
+        help="runs deleted per retention transaction",
+    )
+    add(
+        "--retention-interval",
+        type=float,
+        default=float(_env("RATLINE_RETENTION_INTERVAL", "300") or 300),
+        help="seconds between two retention sweeps",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -124,6 +152,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError("--idle-threshold must be >= 0")
     if args.max_retries < 0:
         raise ValueError("--max-retries must be >= 0")
+    retention = None if not args.retention else parse_duration(args.retention).total_seconds()
+    if retention is not None and retention <= 0:
+        raise ValueError("--retention must be a positive duration like 30d")
+    if args.retention_batch < 1:
+        raise ValueError("--retention-batch must be >= 1")
+    if args.retention_interval <= 0:
+        raise ValueError("--retention-interval must be > 0")
     if not 0 <= args.metrics_port <= 65535:
         raise ValueError("--metrics-port must be a port number (0 disables)")
     return Settings(
@@ -142,4 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         wake_poll=max(0.05, args.wake_poll),
         liveness=args.liveness,
         keep_finished_pods=not args.delete_finished_pods,
+        retention=retention,
+        retention_batch=args.retention_batch,
+        retention_interval=args.retention_interval,
     )

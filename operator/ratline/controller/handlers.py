@@ -18,10 +18,13 @@ from kubernetes.client.exceptions import ApiException
 
 from ratline.controller.children import LABEL_PARENT_UID
 from ratline.controller.kube import GROUP, RUNS, VERSION, WORKFLOWS
+from ratline.controller.lifecycle_api import LifecycleApi
 from ratline.controller.pods import MANAGED_BY
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
+from ratline.controller.schedule_handlers import register_schedules
 from ratline.controller.status import RunKey
+from ratline.controller.ttl import register_ttl
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
 from ratline.errors import StoreError
@@ -124,6 +127,9 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
             if key is not None:
                 ctx.scheduler.at(utcnow() + timedelta(seconds=5), key, "pod event retry")
 
+    lifecycle = LifecycleApi()  # schedules and TTL: their own client, made on first use
+    register_schedules(registry, ctx, lifecycle)
+    register_ttl(registry, ctx, lifecycle)
     return registry
 
 
