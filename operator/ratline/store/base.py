@@ -78,6 +78,8 @@ class EventType(enum.StrEnum):
     RUN_TIMED_OUT = "RunTimedOut"
     RUN_BLOCKED = "RunBlocked"
     MARKER = "Marker"  # patched(), random seeds and other non-step decisions
+    ATTEMPT_FAILED = "AttemptFailed"  # whole-workflow retry: the next attempt starts anew
+    SIGNAL_REFUSED = "SignalRefused"  # a typed promise's payload did not validate
 
 
 # The kind of command each command-level event belongs to (run-level events have none).
