@@ -8,6 +8,7 @@ namespace, with the Secret `ratline-db` its worker pods read their DSN from.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -187,10 +188,16 @@ def kubectl(cluster: Any, namespace: Any) -> Kubectl:
 def crds(kubectl: Kubectl) -> Kubectl:
     """The two CRDs applied (idempotent) and Established."""
     kubectl.run("apply", "-f", str(CRDS), namespaced=False)
+
+    def established(crd: str) -> bool:
+        return kubectl.run(
+            "wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd}",
+            namespaced=False, check=False,
+        ).returncode == 0  # fmt: skip
+
     for crd in ("workflows.ratline.dev", "workflowruns.ratline.dev"):
-        kubectl.run(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}", namespaced=False
-        )
+        # `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        wait_for(f"{crd} to be Established", functools.partial(established, crd), timeout=90)
     # The API discovery of a fresh CRD can lag its Established condition.
     wait_for(
         "workflowruns to be served",

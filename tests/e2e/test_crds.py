@@ -6,9 +6,12 @@ No operator runs here: every check is the API server's own validation
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.conftest import Kubectl, run_manifest, unique, workflow_manifest
+from tests.tools.health import argo_lua, verdict
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +113,14 @@ def test_status_rejects_unknown_phase(crds: Kubectl) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "status.phase" in result.stderr
+
+
+def test_a_run_nobody_handled_yet_reads_in_progress(crds: Kubectl, tmp_path: Path) -> None:
+    """Before the operator's first status patch, kstatus and Argo CD must not call it done."""
+    name = unique("fresh")
+    crds.create(run_manifest(name, "wf", {}))
+    obj = crds.get("workflowrun", name)
+    assert obj is not None
+    assert obj["status"] == {"observedGeneration": 0}
+    assert verdict(obj, "kstatus") == "InProgress"
+    assert verdict(obj, "argo", str(argo_lua("WorkflowRun", tmp_path))) == "Progressing"

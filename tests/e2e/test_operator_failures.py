@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,20 @@ HELLO = "examples.hello.workflow:hello"
 
 def conditions(status: dict[str, object]) -> dict[str, dict[str, str]]:
     return {c["type"]: c for c in status.get("conditions", [])}  # type: ignore[attr-defined]
+
+
+def failed_and_handled(kubectl: Kubectl, name: str, timeout: float) -> dict[str, Any]:
+    """The status once the run is Failed and its last worker's exit is handled: the phase
+    comes from the store and lastExit from the pod, so either may be published first."""
+    kubectl.wait_phase(name, "Failed", timeout=timeout)
+
+    def probe() -> dict[str, Any] | None:
+        status = kubectl.status(name)
+        handled = (status.get("lastExit") or {}).get("pod") == status.get("workerPod")
+        return status if handled and status.get("phase") == "Failed" else None
+
+    result: dict[str, Any] = wait_for(f"the exit of {name}'s worker handled", probe, timeout)
+    return result
 
 
 def test_missing_workflow_waits_then_runs_when_it_appears(
@@ -54,11 +69,12 @@ def test_bad_input_fails_once_with_input_invalid(
     kubectl.apply(workflow_manifest("hello", HELLO))
     name = unique("badinput")
     kubectl.apply(run_manifest(name, "hello", {"name": "", "times": 99}))
-    status = kubectl.wait_phase(name, "Failed", timeout=60)
+    status = failed_and_handled(kubectl, name, timeout=60)
     condition = conditions(status)["InputInvalid"]
     assert condition["status"] == "True"
     assert "name" in condition["message"] or "times" in condition["message"]
     assert status["lastExit"]["exitCode"] == 65
+    assert conditions(status)["Stalled"]["reason"] == "InputInvalid"
     time.sleep(3)  # no retry, no new pod
     after = kubectl.status(name)
     assert after["activations"] == 1
@@ -73,7 +89,7 @@ def test_unknown_entrypoint_fails_with_entrypoint_invalid(
     kubectl.apply(workflow_manifest("ghost", "examples.nowhere:nothing"))
     name = unique("ghost")
     kubectl.apply(run_manifest(name, "ghost", {"a": 1}))
-    status = kubectl.wait_phase(name, "Failed", timeout=60)
+    status = failed_and_handled(kubectl, name, timeout=60)
     assert "EntrypointInvalid" in conditions(status)
     assert status["lastExit"]["exitCode"] == 66
     time.sleep(3)
@@ -95,7 +111,7 @@ def test_crashing_worker_is_replaced_with_backoff_then_exhausted(
     )
     name, key = unique("crashy"), unique("k")
     kubectl.apply(run_manifest(name, "crash", {"key": key}))
-    status = kubectl.wait_phase(name, "Failed", timeout=120)
+    status = failed_and_handled(kubectl, name, timeout=120)
     condition = conditions(status)["RetriesExhausted"]
     assert "exit code 3" in condition["message"]
     assert status["retries"] == 2

@@ -80,7 +80,7 @@ def test_preview_cuts_long_values_on_one_line() -> None:
     assert preview({"b": 1, "a": "x"}) == '{"a": "x", "b": 1}'
     long = preview("word " * 50, limit=20)
     assert len(long) == 20
-    assert long.endswith("...")
+    assert long.endswith("…")
     assert "\n" not in preview("two\nlines")
 
 
@@ -95,7 +95,7 @@ def test_history_rows_summarise_every_event() -> None:
     assert by_seq[8][5].endswith("no retry left")
     assert by_seq[7][5] == "no deadline"
     assert by_seq[9][5] == "StepFailedError: step ship failed"
-    assert by_seq[2][1] == "2026-03-01T12:00:02+00:00"
+    assert by_seq[2][1] == "2026-03-01T12:00:02Z"
 
 
 def test_history_json_and_yaml_keep_store_fields() -> None:
@@ -194,6 +194,6 @@ def test_describe_data_is_plain_json() -> None:
     data = describe_data(RUN_OBJ, _record(), timeline(HISTORY))
     again = json.loads(dump(data, "json"))
     assert again["store"]["status"] == "failed"
-    assert again["timeline"][0]["started_at"] == "2026-03-01T12:00:00+00:00"
+    assert again["timeline"][0]["started_at"] == "2026-03-01T12:00:00Z"
     assert again["timeline"][0]["seconds"] == pytest.approx(1.5)
     assert yaml.safe_load(dump(data, "yaml"))["uid"] == RUN_ID

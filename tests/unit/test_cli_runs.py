@@ -14,10 +14,9 @@ from ratline.cli.runs import (
     RETRY_FROM,
     RETRY_OF,
     RETRY_OF_UID,
-    CliError,
     retry_manifest,
-    retry_plan,
 )
+from ratline.controller.retry import RetryRefused, retry_plan, seed
 from ratline.engine import activate, resolve_entrypoint
 from ratline.engine.execution import ExecutionOptions
 from ratline.store import EventType, NewRun, RunStatus
@@ -65,17 +64,16 @@ async def start(store: MemoryStore, entry: str, tag: str) -> str:
 
 
 async def seed_retry(store: MemoryStore, old_id: str, entry: str, from_step: str | None) -> str:
-    """What `ratline retry` does in the store for the new run's uid."""
+    """What the operator does in the store for a run with `spec.retryOf`."""
     old = await store.get_run(old_id)
     assert old is not None
-    plan = retry_plan(await store.load_history(old_id), old.status, from_step)
+    step = retry_plan(await store.load_history(old_id), old.status, from_step).from_step
     new_id = str(uuid.uuid4())
     await store.create_run(
         NewRun(id=new_id, name="retry", workflow=old.workflow, entrypoint=entry, input=old.input)
     )
-    lease = await store.acquire_lease(new_id, "cli", 60)
-    await store.append(lease, plan.events)
-    await store.release_lease(lease)
+    assert await seed(store, new_id, old_id, step) is not None
+    assert await seed(store, new_id, old_id, step) is None, "seeding twice is a no-op"
     return new_id
 
 
@@ -131,7 +129,7 @@ async def test_steps_already_compensated_cannot_be_kept() -> None:
     old_id = await start(store, SAGA, tag)
     assert RUNS[tag]["calls"]["undo-reserve"] == 1
     history = await store.load_history(old_id)
-    with pytest.raises(CliError, match="reserve were compensated"):
+    with pytest.raises(RetryRefused, match="reserve were compensated"):
         retry_plan(history, RunStatus.FAILED, None)
     plan = retry_plan(history, RunStatus.FAILED, "reserve")  # from the undone step: fine
     assert plan.kept_steps == []
@@ -141,9 +139,9 @@ async def test_plan_refuses_unfinished_runs_and_unknown_steps() -> None:
     store, tag = MemoryStore(), uuid.uuid4().hex
     RUNS[tag] = {"fail": "ship", "calls": {}}
     history = await store.load_history(await start(store, THREE, tag))
-    with pytest.raises(CliError, match="the run is suspended"):
+    with pytest.raises(RetryRefused, match="the run is suspended"):
         retry_plan(history, RunStatus.SUSPENDED, None)
-    with pytest.raises(CliError, match="no step 'pack'; its steps: reserve, charge, ship"):
+    with pytest.raises(RetryRefused, match="no step 'pack'; its steps: reserve, charge, ship"):
         retry_plan(history, RunStatus.FAILED, "pack")
 
 
@@ -151,7 +149,7 @@ async def test_plan_without_a_failed_step_asks_for_one() -> None:
     store, tag = MemoryStore(), uuid.uuid4().hex
     RUNS[tag] = {"fail": None, "calls": {}}
     history = await store.load_history(await start(store, THREE, tag))
-    with pytest.raises(CliError, match="--from-step"):
+    with pytest.raises(RetryRefused, match="--from-step"):
         retry_plan(history, RunStatus.SUCCEEDED, None)
     assert retry_plan(history, RunStatus.SUCCEEDED, "ship").kept_steps == ["reserve", "charge"]
 
@@ -180,7 +178,12 @@ def test_retry_manifest_copies_what_defines_the_run_and_records_lineage() -> Non
         "status": {"phase": "Failed"},
     }
     new = retry_manifest(old, "order-42-retry-1", "charge")
-    assert new["spec"] == {"workflowRef": {"name": "order"}, "input": {"id": 42}, "priority": 5}
+    assert new["spec"] == {
+        "workflowRef": {"name": "order"},
+        "input": {"id": 42},
+        "priority": 5,
+        "retryOf": {"uid": "u-1", "fromStep": "charge"},
+    }
     assert new["metadata"]["labels"] == {"team": "pay", RETRY_OF: "order-42"}
     assert new["metadata"]["annotations"] == {RETRY_OF_UID: "u-1", RETRY_FROM: "charge"}
     assert "status" not in new

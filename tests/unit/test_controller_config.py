@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from ratline.controller.config import Settings, add_arguments, settings_from_args
-from ratline.controller.units import parse_duration
+from ratline.sdk.durations import parse_duration
 
 
 def parse(*argv: str) -> Settings:
@@ -51,11 +51,14 @@ def test_missing_dsn_and_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch)
         parse("--dsn", "memory://", "--status-interval", "0")
 
 
-def test_durations() -> None:
-    assert parse_duration("30s") == 30
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("7d") == 7 * 86400
-    assert parse_duration("250ms") == 0.25
+def test_durations_are_the_sdks() -> None:
+    """The operator reads maxDuration with the SDK's parser: weeks and decimals too."""
+    assert parse_duration("30s").total_seconds() == 30
+    assert parse_duration("1h30m").total_seconds() == 5400
+    assert parse_duration("7d").total_seconds() == 7 * 86400
+    assert parse_duration("2w").total_seconds() == 14 * 86400
+    assert parse_duration("1.5h").total_seconds() == 5400
+    assert parse_duration("250ms").total_seconds() == 0.25
     for bad in ("", "10", "5 m", "1x", "m5"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)

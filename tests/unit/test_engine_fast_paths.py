@@ -75,7 +75,7 @@ def test_trusted_new_event_equals_a_validated_one() -> None:
     assert trusted(NewEvent, dict(fields)) == NewEvent.model_validate(fields)
 
 
-def test_history_index_build_matches_incremental_adds() -> None:
+def test_history_index_build_groups_commands_and_reads_run_level_facts() -> None:
     at = datetime(2030, 1, 1, tzinfo=UTC)
 
     def event(seq: int, type_: EventType, command_id: int | None, **payload: object) -> Event:
@@ -91,11 +91,8 @@ def test_history_index_build_matches_incremental_adds() -> None:
         event(5, EventType.COMPENSATION_STARTED, None),
     ]
     built = HistoryIndex.build(events)
-    added = HistoryIndex()
-    for e in events:
-        added.add(e)
-    assert built == added
-    assert (built.last_seq, built.max_command, built.cancel_seq) == (5, 3, 3)
+    assert (built.max_command, built.cancel_seq) == (3, 3)
+    assert built.by_command == {1: [events[1]], 3: [events[3]]}
     assert (built.cancel_reason, built.run_started, built.compensation_started) == (
         "timed_out",
         True,

@@ -99,7 +99,13 @@ async def test_retry_policy_backs_off_durably_then_succeeds() -> None:
     assert env.now() - start == timedelta(minutes=30)  # 10m + 20m of skipped backoff
     failed = [e for e in await handle.history() if e.type is EventType.STEP_FAILED]
     assert [e.payload["attempt"] for e in failed] == [1, 2]
-    assert failed[0].payload["error"] == {"type": "ConnectionError", "message": "try again"}
+    assert failed[0].payload["error"] == {
+        "type": "ConnectionError",
+        "message": "try again",
+        "module": "builtins",
+        "qualname": "ConnectionError",
+        "args": ["try again"],
+    }
 
 
 async def test_non_retryable_error_fails_the_step_at_once() -> None:
@@ -138,7 +144,7 @@ async def test_unhandled_step_failure_fails_the_run_with_the_error() -> None:
 
 
 async def test_seven_day_sleep_skips_time() -> None:
-    @workflow(name=unique("sleepy"))
+    @workflow(name=unique("sleepy"), max_duration=None)
     async def sleepy(ctx: WorkflowContext, _: None) -> str:
         before = ctx.now()
         await ctx.sleep(timedelta(days=7))
@@ -304,11 +310,14 @@ async def test_fan_out_with_partial_failures_checkpoints_each_item() -> None:
     async def fanout(ctx: WorkflowContext, n: int) -> list[Any]:
         handles = [ctx.schedule_async(name, i) for i in range(n)]
         results = await ctx.gather(*handles, return_exceptions=True)
-        return [r if isinstance(r, int) else type(r).__name__ for r in results]
+        return [
+            r if isinstance(r, int) else f"{type(r).__name__}:{isinstance(r, StepFailedError)}"
+            for r in results
+        ]
 
     env = WorkflowTestEnv()
     handle = await env.start(fanout, 5)
-    assert await handle.result() == [0, 1, 4, "StepFailedError", 16]
+    assert await handle.result() == [0, 1, 4, "ValueError:True", 16]
     assert sorted(calls) == [0, 1, 2, 3, 4]
 
 

@@ -489,7 +489,9 @@ async def test_batch_fanout_crash_mid_batch_reruns_only_unfinished_items() -> No
     replayed = [s for s in items if s.replayed]
     assert replayed  # at least the item checkpointed before the crash
     for step in items:  # handles are issued in document order: command i is docs[i-1]
-        assert calls[docs[step.command_id - 1]] == (1 if step.replayed else 2)
+        # the crash stops the whole activation: an item not checkpointed may or may not
+        # have reached the service before it, and runs (again) after it
+        assert calls[docs[step.command_id - 1]] in ((1,) if step.replayed else (1, 2))
 
 
 # ---------------------------------------------------------------- stages

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ratline.controller import projection, units
 from ratline.store.base import COMMAND_KIND, Event, EventType, RunRecord
 
 FORMATS = ("table", "json", "yaml")
@@ -24,15 +25,13 @@ _STEP_EVENTS = {EventType.STEP_STARTED, EventType.STEP_COMPLETED, EventType.STEP
 
 
 def preview(value: Any, limit: int = PREVIEW) -> str:
-    """One-line JSON of `value`, cut to `limit` characters with an ellipsis."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """`projection.preview` with the table cell's width as default."""
+    return projection.preview(value, limit)
 
 
 def iso(value: datetime | None) -> str:
-    """Second-precision ISO time for tables; empty when unknown."""
-    return "" if value is None else value.isoformat(timespec="seconds")
+    """RFC 3339 time for tables (`units.iso`); empty when unknown."""
+    return units.iso(value) or ""
 
 
 def duration(seconds: float | None) -> str:
@@ -124,10 +123,7 @@ def event_summary(event: Event) -> str:
 
 
 def _error_text(error: Any) -> str:
-    if isinstance(error, Mapping):
-        kind, message = error.get("type"), error.get("message")
-        return preview(f"{kind}: {message}" if kind else str(message), 120)
-    return preview(error, 120) if error is not None else ""
+    return projection.error_text(error, 120)
 
 
 def history_rows(events: Sequence[Event]) -> list[list[Any]]:

@@ -4,7 +4,8 @@ The WorkflowRun (and its uid, the run's key in the store) comes from the
 Kubernetes API; history comes from the store. Steering goes through the
 Kubernetes API only (merge patches of `spec.signals`, `spec.rejections`,
 `spec.cancel`), so the operator stays the one writer of the inbox, except for
-`retry`, which seeds a new run's history in the store (see `retry_plan`).
+`retry`, which reads the old run's history to validate, then creates a run with
+`spec.retryOf` whose history the operator seeds.
 Also usable as `kubectl ratline ...` when `kubectl-ratline` is on PATH.
 
 Exit codes: 0 done, 1 the operation failed (message on stderr), 2 usage.
@@ -17,35 +18,27 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ratline.cli import output
-from ratline.errors import LeaseHeldError, RatlineError
-from ratline.sdk.durations import parse_duration
-from ratline.store import Event, EventType, NewEvent, NewRun, RunStatus, Store, open_store
+from ratline.controller.kube import in_cluster, load_api_client
+from ratline.controller.retry import RetryRefused, retry_plan
+from ratline.errors import RatlineError
+from ratline.protocol import GROUP as GROUP  # re-exported: the UI builds on the CLI
+from ratline.protocol import RUNS as RUNS
+from ratline.protocol import VERSION as VERSION
+from ratline.protocol import WORKFLOWS as WORKFLOWS
+from ratline.store import Event, Store, open_store
 
-GROUP, VERSION, RUNS, WORKFLOWS = "ratline.dev", "v1alpha1", "workflowruns", "workflows"
 MERGE = "application/merge-patch+json"
 TIMEOUT = 30
 RETRY_OF = "ratline.dev/retry-of"
 RETRY_OF_UID = "ratline.dev/retry-of-uid"
 RETRY_FROM = "ratline.dev/retry-from-step"
-_RUN_LEVEL = {
-    EventType.CANCEL_REQUESTED,
-    EventType.COMPENSATION_STARTED,
-    EventType.RUN_COMPLETED,
-    EventType.RUN_FAILED,
-    EventType.RUN_CANCELLED,
-    EventType.RUN_TIMED_OUT,
-    EventType.RUN_BLOCKED,
-}
 # Labels a retried run must not inherit: the operator's (a parent-uid label would make it a
 # child run) and GitOps tools' ownership (Argo CD would prune a run that is not in Git).
 _NOT_INHERITED = (
@@ -55,7 +48,6 @@ _NOT_INHERITED = (
     "kustomize.toolkit.fluxcd.io/",
     "helm.toolkit.fluxcd.io/",
 )
-_STEP_EVENTS = {EventType.STEP_STARTED, EventType.STEP_COMPLETED, EventType.STEP_FAILED}
 
 
 class CliError(Exception):
@@ -138,7 +130,7 @@ class Session:
         self.namespace: str = args.namespace or self._default_namespace()
 
     def _default_namespace(self) -> str:
-        if _in_cluster(self.args.kubeconfig):
+        if in_cluster(self.args.kubeconfig):
             path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
             try:
                 with open(path) as file:
@@ -159,16 +151,7 @@ class Session:
     @property
     def api(self) -> client.ApiClient:
         if self._api is None:
-            if _in_cluster(self.args.kubeconfig):
-                configuration = client.Configuration()
-                config.load_incluster_config(  # type: ignore[no-untyped-call]
-                    client_configuration=configuration
-                )
-                self._api = client.ApiClient(configuration)
-            else:
-                self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                    config_file=self.args.kubeconfig, context=self.args.context
-                )
+            self._api = load_api_client(self.args.kubeconfig, self.args.context)
         return self._api
 
     def _custom(self) -> Any:
@@ -249,14 +232,6 @@ class Session:
         if key not in data:
             raise CliError(f"Secret {secret_name!r} in {self.namespace!r} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
-
-
-def _in_cluster(kubeconfig: str | None) -> bool:
-    return bool(
-        kubeconfig is None
-        and os.environ.get("KUBERNETES_SERVICE_HOST")
-        and not os.environ.get("KUBECONFIG")
-    )
 
 
 async def _with_store(dsn: str, work: Any) -> Any:
@@ -356,82 +331,9 @@ def cmd_cancel(args: argparse.Namespace, session: Session) -> int:
 # -- retry ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RetryPlan:
-    """What a retried run starts with: the events before `cut` (a command id)."""
-
-    from_step: str
-    cut: int
-    events: list[NewEvent]
-    kept_steps: list[str]
-
-
-def retry_plan(history: Sequence[Event], status: RunStatus, from_step: str | None) -> RetryPlan:
-    """Choose where a retry restarts and which events the new run inherits.
-
-    Commands are numbered in the order the workflow issues them, so the new run
-    inherits RunStarted and every event of a command numbered before the first
-    command of `from_step` (default: the first step that failed for good).
-    Replay then returns the recorded results of those commands and runs the
-    rest for real. Run-level events (cancel, compensation, the outcome) are
-    left behind. Steps whose compensation already ran cannot be kept: their
-    effect was undone.
-    """
-    if not (status.finished or status is RunStatus.BLOCKED):
-        raise CliError(
-            f"the run is {status.value}; only finished (failed, cancelled, timed out) or "
-            "blocked runs can be retried"
-        )
-    steps = [e for e in history if e.type in _STEP_EVENTS and e.command_id is not None]
-    if from_step is None:
-        failed = [
-            e for e in steps if e.type is EventType.STEP_FAILED and not e.payload.get("retry_at")
-        ]
-        if not failed:
-            raise CliError(
-                "the run has no failed step: name the step to restart at with --from-step"
-            )
-        from_step = str(failed[0].name)
-    starts = [e.command_id for e in steps if e.name == from_step and e.command_id is not None]
-    if not starts:
-        names = list(dict.fromkeys(str(e.name) for e in steps)) or ["(none)"]
-        raise CliError(f"the run has no step {from_step!r}; its steps: {', '.join(names)}")
-    cut = min(starts)
-    kept = [
-        e
-        for e in history
-        if (e.command_id is None and e.type is EventType.RUN_STARTED)
-        or (e.command_id is not None and e.command_id < cut and e.type not in _RUN_LEVEL)
-    ]
-    kept_steps = list(
-        dict.fromkeys(str(e.name) for e in kept if e.type is EventType.STEP_COMPLETED)
-    )
-    undone = _compensated(history) & set(kept_steps)
-    if undone:
-        raise CliError(
-            f"steps {', '.join(sorted(undone))} were compensated (undone) when the run ended; "
-            "restart at or before the first of them with --from-step"
-        )
-    if not kept or kept[0].type is not EventType.RUN_STARTED:
-        raise CliError("the run's history has no RunStarted event; nothing to retry from")
-    events = [
-        NewEvent(type=e.type, command_id=e.command_id, name=e.name, payload=e.payload) for e in kept
-    ]
-    return RetryPlan(from_step, cut, events, kept_steps)
-
-
-def _compensated(history: Sequence[Event]) -> set[str]:
-    """Names of steps whose compensation completed."""
-    prefix = "compensate:"
-    return {
-        str(e.name)[len(prefix) :]
-        for e in history
-        if e.type is EventType.STEP_COMPLETED and str(e.name or "").startswith(prefix)
-    }
-
-
 def retry_manifest(old: dict[str, Any], new_name: str, from_step: str) -> dict[str, Any]:
-    """The new WorkflowRun: same workflow, input, priority and budget; lineage in metadata."""
+    """The new WorkflowRun: same workflow, input, priority and budget, `spec.retryOf`
+    naming the run and step to restart at; lineage also in metadata for selectors."""
     spec = old.get("spec") or {}
     keep = ("workflowRef", "input", "priority", "maxDuration")
     labels = {
@@ -448,7 +350,10 @@ def retry_manifest(old: dict[str, Any], new_name: str, from_step: str) -> dict[s
             "labels": {**labels, RETRY_OF: str(old["metadata"]["name"])[:63].rstrip("-.")},
             "annotations": {RETRY_OF_UID: _uid(old), RETRY_FROM: from_step},
         },
-        "spec": {k: spec[k] for k in keep if k in spec},
+        "spec": {
+            **{k: spec[k] for k in keep if k in spec},
+            "retryOf": {"uid": _uid(old), "fromStep": from_step},
+        },
     }
 
 
@@ -472,43 +377,17 @@ def cmd_retry(args: argparse.Namespace, session: Session) -> int:
 async def _retry(
     args: argparse.Namespace, session: Session, old: dict[str, Any], store: Store
 ) -> int:
+    """Validate against the store (read only), then create the WorkflowRun with
+    `spec.retryOf`: the operator creates the new run's row and seeds its history."""
     record = await store.get_run(_uid(old))
     if record is None:
         raise CliError(f"{args.run} has no record in the store (it never started)")
-    plan = retry_plan(await store.load_history(record.id), record.status, args.from_step)
-    spec = old.get("spec") or {}
-    workflow = session.get_workflow(str((spec.get("workflowRef") or {}).get("name")))
-    wf_spec = workflow.get("spec") or {}
-    budget = spec.get("maxDuration") or (wf_spec.get("defaults") or {}).get("maxDuration")
+    try:
+        plan = retry_plan(await store.load_history(record.id), record.status, args.from_step)
+    except RetryRefused as exc:
+        raise CliError(str(exc)) from None
     new_name = args.new_name or _new_name(session, args.run)
     new = session.create_run(retry_manifest(old, new_name, plan.from_step))
-    uid = _uid(new)
-    try:
-        # Seed the store before the operator starts a worker: the same row it would
-        # write, then the inherited history under a lease, so a worker that starts
-        # meanwhile waits (exit 75) instead of running the workflow from the start.
-        await store.create_run(
-            NewRun(
-                id=uid,
-                namespace=session.namespace,
-                name=new_name,
-                workflow=str((spec.get("workflowRef") or {}).get("name")),
-                entrypoint=str(wf_spec.get("entrypoint") or ""),
-                image=str(wf_spec.get("image") or ""),
-                input=spec.get("input"),
-                max_duration_s=parse_duration(str(budget)).total_seconds() if budget else None,
-            )
-        )
-        lease = await store.acquire_lease(uid, f"ratline-retry@{socket.gethostname()}", 120.0)
-        try:
-            if await store.load_history(uid):
-                raise CliError("a worker started the new run before its history was copied")
-            await store.append(lease, _with_lineage(plan.events, _uid(old), plan.cut))
-        finally:
-            await store.release_lease(lease)
-    except (CliError, LeaseHeldError, RatlineError) as exc:
-        session.delete_run(new_name)
-        raise CliError(f"{exc}; deleted {new_name}, try again") from None
     if args.output != "table":
         print(output.dump(new, args.output))
         return 0
@@ -518,10 +397,3 @@ async def _retry(
         f"(kept steps: {kept})"
     )
     return 0
-
-
-def _with_lineage(events: list[NewEvent], old_uid: str, cut: int) -> list[NewEvent]:
-    """Mark the inherited RunStarted with where it came from (shown by `history`)."""
-    first = events[0]
-    payload = {**first.payload, "retry_of": old_uid, "retry_from_command": cut}
-    return [first.model_copy(update={"payload": payload}), *events[1:]]

@@ -20,8 +20,8 @@ import kopf
 from ratline.controller.children import Children
 from ratline.controller.config import Settings
 from ratline.controller.context import Context
-from ratline.controller.handlers import build_registry, kopf_settings
-from ratline.controller.kube import Kube, load_api_client
+from ratline.controller.handlers import build_registry, kopf_settings, needs_attention
+from ratline.controller.kube import Kube, KubeClient, load_api_client
 from ratline.controller.metrics import Metrics, serve
 from ratline.controller.projection import Notice
 from ratline.controller.projector import Projector
@@ -91,6 +91,18 @@ class Operator:
             # notify_parent is idempotent (inbox key, parentNotified) on its own.
             await self.children.notify_parent(key, record)
 
+    async def active_runs(self) -> list[RunKey]:
+        """Every watched WorkflowRun that is not final yet (or owes its parent a result)."""
+        namespaces: list[str | None] = list(self.ctx.settings.namespaces) or [None]
+        keys: list[RunKey] = []
+        for namespace in namespaces:
+            for obj in await self.ctx.kube.list_runs(namespace):
+                meta = obj.get("metadata") or {}
+                if meta.get("deletionTimestamp") or not needs_attention(obj):
+                    continue
+                keys.append(RunKey(str(meta["namespace"]), str(meta["name"]), str(meta["uid"])))
+        return keys
+
     def background(self) -> list[Coroutine[Any, Any, None]]:
         ctx = self.ctx
         loops = [
@@ -99,6 +111,7 @@ class Operator:
             ctx.projector.run(),
             ctx.scheduler.run_timers(),
             ctx.scheduler.run_due_poll(),
+            ctx.scheduler.run_resync(self.active_runs, ctx.settings.resync_interval),
         ]
         if ctx.settings.retention is not None:
             loops.append(retention_loop(ctx.store, ctx.settings).run())
@@ -109,7 +122,7 @@ async def run(settings: Settings) -> None:
     """Run the operator until SIGTERM/SIGINT (or a background loop dies)."""
     store = await open_store(settings.dsn)
     await store.migrate()
-    kube = Kube(load_api_client())
+    kube = KubeClient(load_api_client())
     operator = Operator(settings, store, kube)
     server = serve(operator.ctx.metrics, settings.metrics_host, settings.metrics_port)
     stop = asyncio.Event()

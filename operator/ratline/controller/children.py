@@ -15,15 +15,12 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from ratline.controller.context import Context
-from ratline.controller.pods import API_VERSION, label_value
+from ratline.controller.pods import label_value
 from ratline.controller.status import RunKey
+from ratline.protocol import ANNOTATION_PROMISE, API_VERSION, LABEL_PARENT, LABEL_PARENT_UID
 from ratline.store.base import InboxKind, RunRecord, RunStatus
 
 log = logging.getLogger(__name__)
-
-LABEL_PARENT_UID = "ratline.dev/parent-uid"
-LABEL_PARENT = "ratline.dev/parent"
-ANNOTATION_PROMISE = "ratline.dev/parent-promise"
 
 
 def child_manifest(parent: RunKey, child: dict[str, Any]) -> dict[str, Any]:

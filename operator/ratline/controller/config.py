@@ -31,6 +31,7 @@ class Settings:
     backoff_initial: float = 1.0  # seconds before the first replacement pod
     backoff_max: float = 300.0
     wake_poll: float = 1.0  # how often due timers are looked up in the store
+    resync_interval: float = 60.0  # every non-final run is reconciled this often; 0: never
     workflow_recheck: float = 30.0  # re-look for a missing Workflow this often
     liveness: str | None = None  # e.g. http://0.0.0.0:8081/healthz
     worker_command: tuple[str, ...] = ("python", "-m", "ratline.worker")
@@ -105,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--backoff-initial", type=float, default=float(_env("RATLINE_BACKOFF_INITIAL", "1") or 1))
     add("--backoff-max", type=float, default=float(_env("RATLINE_BACKOFF_MAX", "300") or 300))
     add("--wake-poll", type=float, default=float(_env("RATLINE_WAKE_POLL", "1") or 1))
+    add(
+        "--resync-interval",
+        type=float,
+        default=float(_env("RATLINE_RESYNC_INTERVAL", "60") or 60),
+        help="seconds between two reconciles of every run not final yet, the safety net "
+        "for missed events (RATLINE_RESYNC_INTERVAL; 0 disables)",
+    )
     add("--liveness", default=_env("RATLINE_LIVENESS"), help="e.g. http://0.0.0.0:8081/healthz")
     add(
         "--delete-finished-pods",
@@ -150,6 +158,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise ValueError("--status-interval must be > 0")
     if args.idle_threshold < 0:
         raise ValueError("--idle-threshold must be >= 0")
+    if args.resync_interval < 0:
+        raise ValueError("--resync-interval must be >= 0 (0 disables the resync)")
     if args.max_retries < 0:
         raise ValueError("--max-retries must be >= 0")
     retention = None if not args.retention else parse_duration(args.retention).total_seconds()
@@ -175,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         backoff_initial=max(0.0, args.backoff_initial),
         backoff_max=max(args.backoff_initial, args.backoff_max),
         wake_poll=max(0.05, args.wake_poll),
+        resync_interval=args.resync_interval,
         liveness=args.liveness,
         keep_finished_pods=not args.delete_finished_pods,
         retention=retention,

@@ -16,10 +16,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ratline.controller.children import LABEL_PARENT_UID
-from ratline.controller.kube import GROUP, RUNS, VERSION, WORKFLOWS
 from ratline.controller.lifecycle_api import LifecycleApi
-from ratline.controller.pods import MANAGED_BY
 from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.reconciler import InvalidSpec, Reconciler
 from ratline.controller.schedule_handlers import register_schedules
@@ -27,7 +24,17 @@ from ratline.controller.status import RunKey
 from ratline.controller.ttl import register_ttl
 from ratline.controller.units import utcnow
 from ratline.controller.workers import Workers
+from ratline.controller.workflows import accepted_patch
 from ratline.errors import StoreError
+from ratline.protocol import (
+    GROUP,
+    LABEL_PARENT_UID,
+    LABEL_RUN_UID,
+    MANAGED_BY,
+    RUNS,
+    VERSION,
+    WORKFLOWS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +43,15 @@ def kopf_settings(settings: kopf.OperatorSettings | None = None) -> kopf.Operato
     """kopf's bookkeeping under our own names, and never in status (our schema owns it)."""
     settings = settings or kopf.OperatorSettings()
     settings.persistence.finalizer = "ratline.dev/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ratline.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="ratline.dev",
+        prefix=GROUP,
         key="last-handled-configuration",
         ignored_fields=["spec.input"],  # immutable, and possibly large
     )
-    settings.posting.reporting_component = "ratline-operator"
-    settings.posting.event_name_prefix = "ratline-"
+    # One client stack for writes: kopf watches; Events, like every other write, go
+    # through `Kube` (ratline.controller.kube), so kopf's own posting is off.
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -73,10 +81,7 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
 
     @kopf.on.resume(GROUP, VERSION, RUNS, registry=registry)
     async def run_resumed(**kwargs: Any) -> None:
-        status = kwargs.get("status") or {}
-        labels = kwargs.get("labels") or {}
-        child = LABEL_PARENT_UID in labels and not status.get("parentNotified")
-        if status.get("phase") in FINAL_PHASES and not child:
+        if not needs_attention(dict(kwargs["body"])):
             return  # nothing left to do: keeps restarts cheap with many finished runs
         await reconcile(kwargs["namespace"], kwargs["name"], "resume")
 
@@ -103,13 +108,11 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
         waiting = await reconciler.workflow_appeared(namespace, name)
         if waiting:
             log.info("Workflow %s/%s appeared; reconciled %s", namespace, name, waiting)
-        generation = (kwargs.get("meta") or {}).get("generation")
-        if generation and (kwargs.get("status") or {}).get("observedGeneration") != generation:
+        patch = accepted_patch(dict(kwargs["body"]))
+        if patch is not None:
             try:
-                await ctx.kube.patch_workflow_status(
-                    namespace, name, {"observedGeneration": generation}
-                )
-            except ApiException as exc:  # cosmetic: never block the runs on it
+                await ctx.kube.patch_workflow_status(namespace, name, patch)
+            except ApiException as exc:  # best effort: never block the runs on it
                 log.warning("cannot update status of Workflow %s/%s: %s", namespace, name, exc)
 
     @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: "ratline"}, registry=registry)
@@ -133,13 +136,21 @@ def build_registry(reconciler: Reconciler, workers: Workers) -> kopf.OperatorReg
     return registry
 
 
+def needs_attention(obj: dict[str, Any]) -> bool:
+    """Not final yet, or a finished child that has not told its parent: worth reconciling."""
+    status = obj.get("status") or {}
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    child = LABEL_PARENT_UID in labels and not status.get("parentNotified")
+    return status.get("phase") not in FINAL_PHASES or child
+
+
 def _pod_name(pod: dict[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("name", "?"))
 
 
 def _run_of(pod: dict[str, Any]) -> RunKey | None:
     meta = pod.get("metadata") or {}
-    uid = (meta.get("labels") or {}).get("ratline.dev/run-uid")
+    uid = (meta.get("labels") or {}).get(LABEL_RUN_UID)
     owner = next(
         (o for o in meta.get("ownerReferences") or [] if o.get("kind") == "WorkflowRun"), None
     )

@@ -1,9 +1,12 @@
-"""The few Kubernetes API calls the operator makes outside kopf's own patches.
+"""The Kubernetes API calls the operator makes (kopf only watches): `Kube`, and its client.
 
-The sync `kubernetes` client runs in a small thread pool so the event loop
-never blocks; objects travel as plain dicts (`_preload_content=False`), the
-same shape kopf hands to handlers. 404 becomes None / False, 409 on create
-becomes False: callers are idempotent and need no exception handling for them.
+`Kube` is the protocol the reconciler, the exit handler and the status writer
+depend on; `KubeClient` implements it against a real API server and the unit
+tests use a fake (tests/unit/kube_fake.py). The sync `kubernetes` client runs
+in a small thread pool so the event loop never blocks; objects travel as plain
+dicts (`_preload_content=False`), the same shape kopf hands to handlers. 404
+becomes None / False, 409 on create becomes False: callers are idempotent and
+need no exception handling for them.
 """
 
 from __future__ import annotations
@@ -15,29 +18,38 @@ import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ratline.controller.units import iso, utcnow
+from ratline.protocol import GROUP, RUNS, VERSION, WORKFLOWS
 
 log = logging.getLogger(__name__)
-GROUP = "ratline.dev"
-VERSION = "v1alpha1"
-RUNS = "workflowruns"
-WORKFLOWS = "workflows"
 TIMEOUT = 30.0
 T = TypeVar("T")
 
 
-def load_api_client() -> client.ApiClient:
-    """In-cluster credentials inside a pod, else $KUBECONFIG / ~/.kube/config."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+def in_cluster(kubeconfig: str | None = None) -> bool:
+    """Inside a pod, with no kubeconfig asked for: use the ServiceAccount."""
+    return bool(
+        kubeconfig is None
+        and os.environ.get("KUBERNETES_SERVICE_HOST")
+        and not os.environ.get("KUBECONFIG")
+    )
+
+
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """In-cluster credentials inside a pod, else `kubeconfig` / $KUBECONFIG / ~/.kube/config.
+    The operator and the `ratline` CLI both connect through this."""
+    if in_cluster(kubeconfig):
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return client.ApiClient(configuration)
-    api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, context=context
+    )
     return api
 
 
@@ -46,8 +58,31 @@ def _json(response: Any) -> dict[str, Any]:
     return data
 
 
-class Kube:
-    """Async facade over the sync client; one instance per operator."""
+class Kube(Protocol):
+    """What the operator asks of the Kubernetes API (objects are plain dicts)."""
+
+    async def get_run(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_runs(self, namespace: str | None) -> list[dict[str, Any]]: ...
+    async def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_run_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
+    async def patch_workflow_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
+    async def create_run(self, namespace: str, body: dict[str, Any]) -> bool: ...
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    async def create_pod(self, namespace: str, body: Any) -> bool: ...
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int = 10) -> bool: ...
+    async def post_event(
+        self, involved: dict[str, Any], reason: str, message: str, *, warning: bool = False
+    ) -> None: ...
+    def close(self) -> None: ...
+
+
+class KubeClient:
+    """`Kube` over the sync client, in a thread pool; one instance per operator."""
 
     def __init__(self, api_client: client.ApiClient, threads: int = 8) -> None:
         self.api_client = api_client
@@ -84,6 +119,28 @@ class Kube:
                 _request_timeout=TIMEOUT,
             )
         )
+
+    async def list_runs(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Every WorkflowRun in `namespace` (all namespaces if None)."""
+        if namespace is None:
+            data = await self._get(
+                lambda: self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, RUNS, _preload_content=False, _request_timeout=TIMEOUT
+                )
+            )
+        else:
+            data = await self._get(
+                lambda: self.custom.list_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    RUNS,
+                    _preload_content=False,
+                    _request_timeout=TIMEOUT,
+                )
+            )
+        items: list[dict[str, Any]] = (data or {}).get("items") or []
+        return items
 
     async def get_workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get(

@@ -16,8 +16,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ratline.controller.children import LABEL_PARENT_UID
-from ratline.controller.kube import GROUP, RUNS, VERSION, load_api_client
+from ratline.controller.kube import load_api_client
+from ratline.protocol import GROUP, LABEL_PARENT_UID, RUNS, VERSION
 
 # The API names schedules, TTL and `ratline list` use, imported from here only.
 __all__ = ["GROUP", "LABEL_PARENT_UID", "RUNS", "SCHEDULES", "VERSION", "LifecycleApi"]

@@ -14,27 +14,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-API_VERSION = "ratline.dev/v1alpha1"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_RUN = "ratline.dev/run"
-LABEL_RUN_UID = "ratline.dev/run-uid"
-LABEL_WORKFLOW = "ratline.dev/workflow"
-LABEL_ATTEMPT = "ratline.dev/attempt"
+from ratline.protocol import (
+    API_VERSION,
+    ENV_ATTEMPT,
+    ENV_DEFAULT_RETRY,
+    ENV_DSN,
+    ENV_ENTRYPOINT,
+    ENV_IDLE_THRESHOLD,
+    ENV_RUN_ID,
+    ENV_WORKER_ID,
+    LABEL_ATTEMPT,
+    LABEL_RUN,
+    LABEL_RUN_UID,
+    LABEL_WORKFLOW,
+    MANAGED_BY,
+    RESERVED_ENV,
+    ExitCode,
+)
+
 CONTAINER = "worker"
 RUN_AS_USER = 65532
-
-# Variables the operator owns; a podTemplate cannot override them.
-RESERVED_ENV = frozenset(
-    {
-        "RATLINE_RUN_ID",
-        "RATLINE_ENTRYPOINT",
-        "RATLINE_IDLE_THRESHOLD",
-        "RATLINE_WORKER_ID",
-        "RATLINE_DSN",
-        "RATLINE_ATTEMPT",
-        "RATLINE_DEFAULT_RETRY",
-    }
-)
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -93,22 +92,22 @@ def _env(params: WorkerPodParams) -> list[dict[str, Any]]:
         if isinstance(item, Mapping) and item.get("name") not in RESERVED_ENV
     ]
     ours: list[dict[str, Any]] = [
-        {"name": "RATLINE_RUN_ID", "value": params.run_uid},
-        {"name": "RATLINE_ENTRYPOINT", "value": params.entrypoint},
-        {"name": "RATLINE_IDLE_THRESHOLD", "value": f"{params.idle_threshold:g}"},
-        {"name": "RATLINE_ATTEMPT", "value": str(params.attempt)},
+        {"name": ENV_RUN_ID, "value": params.run_uid},
+        {"name": ENV_ENTRYPOINT, "value": params.entrypoint},
+        {"name": ENV_IDLE_THRESHOLD, "value": f"{params.idle_threshold:g}"},
+        {"name": ENV_ATTEMPT, "value": str(params.attempt)},
         {
-            "name": "RATLINE_WORKER_ID",
+            "name": ENV_WORKER_ID,
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
         },
         {
-            "name": "RATLINE_DSN",
+            "name": ENV_DSN,
             "valueFrom": {"secretKeyRef": {"name": params.dsn_secret, "key": params.dsn_key}},
         },
     ]
     if params.default_retry:
         retry = json.dumps(dict(params.default_retry), sort_keys=True)
-        ours.append({"name": "RATLINE_DEFAULT_RETRY", "value": retry})
+        ours.append({"name": ENV_DEFAULT_RETRY, "value": retry})
     return user_env + ours
 
 
@@ -196,12 +195,13 @@ class PodExit:
 
     @property
     def action(self) -> ExitAction:
-        return {
-            0: ExitAction.PROJECT,
-            65: ExitAction.INPUT_INVALID,
-            66: ExitAction.ENTRYPOINT_INVALID,
-            2: ExitAction.CONFIG_INVALID,
-        }.get(self.code if self.code is not None else -1, ExitAction.RETRY)
+        actions: dict[int, ExitAction] = {
+            ExitCode.OK: ExitAction.PROJECT,
+            ExitCode.INPUT_INVALID: ExitAction.INPUT_INVALID,
+            ExitCode.ENTRYPOINT_INVALID: ExitAction.ENTRYPOINT_INVALID,
+            ExitCode.USAGE: ExitAction.CONFIG_INVALID,
+        }
+        return actions.get(self.code if self.code is not None else -1, ExitAction.RETRY)
 
 
 def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -55,14 +55,24 @@ PROJECTED_KEYS = (
     "startedAt",
     "finishedAt",
 )
-PROJECTED_CONDITIONS = frozenset({"Finished", "NonDeterministic"})
+# Store error types that end a run for a reason with its own condition (docs/crds.md).
+ERROR_CONDITIONS = {
+    "InputValidationError": "InputInvalid",
+    "InputInvalid": "InputInvalid",
+    "EntrypointInvalid": "EntrypointInvalid",
+    "WorkerConfigInvalid": "WorkerConfigInvalid",
+    "RetriesExhausted": "RetriesExhausted",
+}
+PROJECTED_CONDITIONS = frozenset({"Finished", "NonDeterministic", *ERROR_CONDITIONS.values()})
 
 _UNSEEN, _SEEN, _DONE = 0, 1, 2
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
-    """Compact JSON of `value`, cut to `limit` characters (the full value stays in the store)."""
+    """One-line compact JSON of `value`, cut to `limit` characters (the full value stays in
+    the store). Status, Events and the CLI's tables all show values through this."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -427,6 +437,10 @@ def project(record: RunRecord | None, fold: HistoryFold) -> Projection:
     if finished:
         message = fields["error"] or ("completed" if phase == "Succeeded" else phase.lower())
         conditions["Finished"] = {"status": "True", "reason": phase, "message": message}
+    failure = ERROR_CONDITIONS.get(str((record.error or {}).get("type")))
+    if record.status is RunStatus.FAILED and failure is not None:
+        message = error_text(record.error, 2000)
+        conditions[failure] = {"status": "True", "reason": failure, "message": message}
     if record.status is RunStatus.BLOCKED:
         blocked = fold.blocked or (record.error or {})
         conditions["NonDeterministic"] = {

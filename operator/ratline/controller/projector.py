@@ -93,12 +93,9 @@ class Projector:
                 await self._sink(key, record, fresh, dict(tracked.fold.children))
             except Exception:
                 log.exception("handling history notices of %s failed", key.name)
-            if record.status.finished or record.status in (
-                RunStatus.SUSPENDED,
-                RunStatus.BLOCKED,
-            ):
+            if record.status.resting or record.status is RunStatus.SUSPENDED:
                 self._active.discard(key.uid)
-            if record.status.finished or record.status is RunStatus.BLOCKED:
+            if record.status.resting:
                 self._tracked.pop(key.uid, None)  # a final run needs no fold any more
         return record
 

@@ -15,14 +15,17 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from ratline.controller.children import LABEL_PARENT_UID, Children
+from ratline.controller.children import Children
 from ratline.controller.context import Context
 from ratline.controller.pods import PodExit, pod_exit
 from ratline.controller.projection import FINAL_PHASES, HistoryFold, project
+from ratline.controller.retry import RetryRefused, seed
 from ratline.controller.status import RunKey
-from ratline.controller.units import iso, parse_duration, parse_iso, utcnow
+from ratline.controller.units import iso, parse_iso, utcnow
 from ratline.controller.workers import Workers, is_live
 from ratline.errors import PermanentError, StoreError
+from ratline.protocol import LABEL_PARENT_UID
+from ratline.sdk.durations import parse_duration
 from ratline.store.base import InboxKind, NewRun, RunRecord, RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,9 @@ class Reconciler:
         record = await ctx.store.get_run(key.uid)
         if record is None:
             record = await self._create_record(key, obj, wf_spec)
+        retry_of = spec.get("retryOf") or {}
+        if retry_of and record.history_length == 0:
+            record = await self._seed(key, retry_of, record)
         if not record.status.finished and await self._deliver(key, spec, record):
             record = await ctx.store.get_run(key.uid) or record
         await self._ensure_worker(key, obj, record)
@@ -142,7 +148,7 @@ class Reconciler:
         status = ctx.writer.view(key.uid)
         text = spec.get("maxDuration") or (wf_spec.get("defaults") or {}).get("maxDuration")
         try:
-            max_duration = parse_duration(str(text)) if text else None
+            max_duration = parse_duration(str(text)).total_seconds() if text else None
         except ValueError as exc:
             raise InvalidSpec(f"maxDuration: {exc}") from None
         labels = obj["metadata"].get("labels") or {}
@@ -162,6 +168,18 @@ class Reconciler:
         ctx.projector.track(key)
         return record
 
+    async def _seed(self, key: RunKey, retry_of: dict[str, Any], record: RunRecord) -> RunRecord:
+        """`spec.retryOf`: inherit the old run's history before any worker starts."""
+        old, step = str(retry_of.get("uid") or ""), str(retry_of.get("fromStep") or "")
+        try:
+            plan = await seed(self.ctx.store, key.uid, old, step)
+        except RetryRefused as exc:
+            raise InvalidSpec(f"spec.retryOf: {exc}") from None
+        if plan is not None:
+            kept = ", ".join(plan.kept_steps) or "none"
+            self.ctx.emit(key, "RetrySeeded", f"retrying {old} from step {step} (kept: {kept})")
+        return await self.ctx.store.get_run(key.uid) or record
+
     async def _deliver(self, key: RunKey, spec: dict[str, Any], record: RunRecord) -> bool:
         """Write new signals, rejections, cancel and timeout into the inbox, once each."""
         ctx = self.ctx
@@ -180,10 +198,14 @@ class Reconciler:
                 wanted.append(("timeout", InboxKind.TIMEOUT, None))
             else:
                 ctx.scheduler.at(deadline, key, "maxDuration")
+        # `delivered` in status only saves round trips (it is capped for size); the inbox
+        # is what decides: `deliver` is a no-op for a name it holds, and says so.
         fresh = [item for item in wanted if item[0] not in done]
         for name, kind, payload in fresh:
-            await ctx.store.deliver(key.uid, name, kind, payload)
+            first = await ctx.store.deliver(key.uid, name, kind, payload)
             done.add(name)
+            if not first:
+                continue
             if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
                 ctx.metrics.signal_delivered(key.uid, name)
             verb = {
@@ -206,7 +228,7 @@ class Reconciler:
     async def _ensure_worker(self, key: RunKey, obj: dict[str, Any], record: RunRecord) -> None:
         """Start a worker if the run needs one and none is alive (respecting backoff, slots)."""
         ctx = self.ctx
-        if record.status.finished or record.status is RunStatus.BLOCKED:
+        if record.status.resting:
             await ctx.projector.refresh(key)
             ctx.slots.remove(key.uid)
             return

@@ -1,10 +1,14 @@
-"""When to look at a run again: timers, due wake-ups and the concurrency queue.
+"""When to look at a run again: timers, due wake-ups, resync and the concurrency queue.
 
 `Scheduler` calls back into the reconciler (a) at times the reconciler asked
-for (crash backoff, maxDuration, a missing Workflow's re-check) and (b) for
+for (crash backoff, maxDuration, a missing Workflow's re-check), (b) for
 every suspended run the store says is due (`due_runs`: timers, retry waits,
 promise deadlines, deliveries), polled so nothing depends on in-memory state
-surviving a restart. `SlotQueue` orders runs waiting for a concurrency slot.
+surviving a restart, and (c) for every run not final yet, once per resync
+interval: the safety net for a watch event or a wake-up that was missed. A
+wake-up whose reconcile fails (store or API error) is retried with backoff,
+never dropped, like controller-runtime's requeue. `SlotQueue` orders runs
+waiting for a concurrency slot.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from ratline.controller.pods import backoff_delay
 from ratline.controller.status import RunKey
 from ratline.controller.units import utcnow
+from ratline.errors import PermanentError
 from ratline.store.base import Store
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[RunKey, str], Awaitable[None]]
+Lister = Callable[[], Awaitable[list[RunKey]]]
+RETRY_INITIAL = 1.0  # seconds before the first retry of a failed wake-up (doubles)
+RETRY_MAX = 60.0
 
 
 class Scheduler:
@@ -50,6 +59,7 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: dict[str, int] = {}  # uid -> failed wake-ups in a row
 
     def at(self, when: datetime, key: RunKey, why: str) -> None:
         """Reconcile `key` at `when` (earlier entries for the same run are kept: cheap)."""
@@ -71,10 +81,30 @@ class Scheduler:
         try:
             async with self._limit:
                 await self._callback(key, why)
-        except Exception:
-            log.exception("scheduled reconcile of %s (%s) failed", key.name, why)
+        except PermanentError as exc:  # the spec must change first; its update reconciles
+            self._failures.pop(key.uid, None)
+            log.warning("scheduled reconcile of %s (%s): %s", key.name, why, exc)
+        except Exception as exc:
+            failures = self._failures.get(key.uid, 0) + 1
+            self._failures[key.uid] = failures
+            delay = backoff_delay(failures, RETRY_INITIAL, RETRY_MAX)
+            log.warning(
+                "scheduled reconcile of %s (%s) failed (%s: %s); retrying in %gs",
+                key.name,
+                why,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            self.at(utcnow() + timedelta(seconds=delay), key, why)
+        else:
+            self._failures.pop(key.uid, None)
         finally:
             self._in_flight.discard(key.uid)
+
+    def pending(self, uid: str) -> list[str]:
+        """Why `uid` is scheduled (heap entries), for tests and debugging."""
+        return [why for _, _, key, why in self._heap if key.uid == uid]
 
     async def run_timers(self) -> None:
         """Background loop: pop due heap entries and reconcile them."""
@@ -103,6 +133,21 @@ class Scheduler:
             except Exception:
                 log.exception("looking up due runs failed; will retry")
             await asyncio.sleep(self._poll)
+
+    async def run_resync(self, active: Lister, interval: float) -> None:
+        """Background loop: reconcile every run that is not final, once per `interval`."""
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                keys = await active()
+            except Exception:
+                log.exception("listing runs for the resync failed; will retry")
+                continue
+            for key in keys:
+                if self._accept(key.uid):
+                    self._dispatch(key, "resync")
 
 
 @dataclass(order=True, frozen=True)

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 
 from kubernetes.client.exceptions import ApiException
 
+from ratline.controller.conditions import SUMMARY_CONDITIONS, condition, with_summary
 from ratline.controller.kube import Kube
 from ratline.controller.projection import PROJECTED_CONDITIONS, PROJECTED_KEYS, Projection
-from ratline.controller.units import iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class _Entry:
     proj: dict[str, Any] = field(default_factory=dict)
     ctrl_conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
     proj_conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # as last published
     waiting_override: str | None = None
     version: int = 0
     flushed_version: int = 0
@@ -100,20 +101,6 @@ class _Entry:
     @property
     def dirty(self) -> bool:
         return self.version != self.flushed_version
-
-
-def _condition(
-    existing: dict[str, Any] | None, ctype: str, status: str, reason: str, message: str
-) -> dict[str, Any]:
-    changed = existing is None or existing.get("status") != status
-    since = iso(utcnow()) if changed or existing is None else existing.get("lastTransitionTime")
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:2000],
-        "lastTransitionTime": since,
-    }
 
 
 class StatusWriter:
@@ -145,11 +132,12 @@ class StatusWriter:
         entry.proj = {k: status[k] for k in PROJECTED_KEYS if k in status}
         for cond in status.get("conditions") or []:
             if isinstance(cond, dict) and cond.get("type"):
-                owner = (
-                    entry.proj_conditions
-                    if cond["type"] in PROJECTED_CONDITIONS
-                    else entry.ctrl_conditions
-                )
+                if cond["type"] in SUMMARY_CONDITIONS:
+                    owner = entry.summary
+                elif cond["type"] in PROJECTED_CONDITIONS:
+                    owner = entry.proj_conditions
+                else:
+                    owner = entry.ctrl_conditions
                 owner[cond["type"]] = dict(cond)
         self._entries[key.uid] = entry
 
@@ -181,7 +169,7 @@ class StatusWriter:
         self, uid: str, ctype: str, reason: str, message: str, status: str = "True"
     ) -> None:
         entry = self._entries[uid]
-        entry.ctrl_conditions[ctype] = _condition(
+        entry.ctrl_conditions[ctype] = condition(
             entry.ctrl_conditions.get(ctype), ctype, status, reason, message
         )
         self._touch(entry)
@@ -203,7 +191,7 @@ class StatusWriter:
         entry.proj = {k: v for k, v in projection.fields.items() if v is not None}
         conditions = {}
         for ctype, cond in projection.conditions.items():
-            conditions[ctype] = _condition(
+            conditions[ctype] = condition(
                 entry.proj_conditions.get(ctype),
                 ctype,
                 cond["status"],
@@ -227,9 +215,12 @@ class StatusWriter:
         out.update(copy.deepcopy(entry.ctrl))
         if entry.waiting_override:
             out["waiting"] = entry.waiting_override
-        conditions = {**entry.proj_conditions, **entry.ctrl_conditions}
-        if conditions:
-            out["conditions"] = [copy.deepcopy(conditions[k]) for k in sorted(conditions)]
+        details = copy.deepcopy({**entry.proj_conditions, **entry.ctrl_conditions})
+        generation = entry.ctrl.get("observedGeneration")
+        phase = str(out.get("phase") or "Pending")
+        out["conditions"] = with_summary(
+            phase, details, entry.summary, generation if isinstance(generation, int) else None
+        )
         return out
 
     # flushing
@@ -265,6 +256,9 @@ class StatusWriter:
                 self.forget(uid)
                 return
             entry.published = desired
+            entry.summary = {
+                c["type"]: c for c in desired["conditions"] if c["type"] in SUMMARY_CONDITIONS
+            }
             entry.flushed_version = version
             self._on_phase(uid, desired.get("phase"))
 

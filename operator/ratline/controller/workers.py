@@ -18,35 +18,25 @@ from datetime import timedelta
 from typing import Any
 
 from ratline.controller.context import Context
+from ratline.controller.exits import Limits, decide
 from ratline.controller.pods import (
-    LABEL_ATTEMPT,
-    LABEL_RUN_UID,
-    LABEL_WORKFLOW,
     ExitAction,
     PodExit,
     WorkerPodParams,
-    backoff_delay,
     build_worker_pod,
     label_value,
     pod_exit,
     pod_stuck,
 )
-from ratline.controller.projection import error_text
+from ratline.controller.projection import FINAL_PHASES
 from ratline.controller.status import RunKey
 from ratline.controller.units import iso, utcnow
-from ratline.store.base import RunRecord, RunStatus, RunUpdate
+from ratline.controller.workflows import mark_unusable
+from ratline.protocol import LABEL_ATTEMPT, LABEL_RUN_UID, LABEL_WORKFLOW
+from ratline.store.base import RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
-
-_FAILURE_TEXT = {
-    ExitAction.INPUT_INVALID: "the input does not fit the workflow's input model",
-    ExitAction.ENTRYPOINT_INVALID: "the entrypoint cannot be imported or is not a workflow",
-    ExitAction.CONFIG_INVALID: "the worker is missing a required setting (see the pod's log)",
-}
-
-
-def _ended(record: RunRecord | None) -> bool:
-    return record is not None and (record.status.finished or record.status is RunStatus.BLOCKED)
+IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 
 
 def is_live(pod: dict[str, Any]) -> bool:
@@ -67,7 +57,7 @@ class Workers:
         return sum(1 for pod in pods if is_live(pod))
 
     async def start(self, key: RunKey, status: dict[str, Any], wf_spec: dict[str, Any]) -> str:
-        """Record the activation durably, then create its pod (idempotent by name)."""
+        """Create the activation's pod (idempotent by name), then record it in status."""
         ctx = self.ctx
         attempt = int(status.get("activations") or 0) + 1
         params = WorkerPodParams(
@@ -87,11 +77,14 @@ class Workers:
         )
         body = build_worker_pod(params)
         name = str(body["metadata"]["name"])
-        ctx.writer.set(key.uid, activations=attempt, workerPod=name, nextAttemptAt=None)
-        await ctx.writer.flush(key.uid, urgent=True)
+        # Pod first, then the record of it: the pod's name is the activation number, so
+        # an operator that dies in between re-creates the same pod (409: fine) instead
+        # of mistaking a pod it never created for one that crashed.
         if await ctx.kube.create_pod(key.namespace, body):
             ctx.metrics.pods_started.inc()
             log.info("started worker pod %s/%s", key.namespace, name)
+        ctx.writer.set(key.uid, activations=attempt, workerPod=name, nextAttemptAt=None)
+        await ctx.writer.flush(key.uid, urgent=True)
         ctx.projector.track(key)
         return name
 
@@ -129,7 +122,10 @@ class Workers:
             if attempt > current:  # started before a restart lost the status patch
                 ctx.writer.set(key.uid, activations=attempt, workerPod=ended.pod)
             if (status.get("lastExit") or {}).get("pod") == ended.pod:
-                return None  # handled already
+                # Handled already; an operator that died right after may have left the pod.
+                if status.get("phase") not in FINAL_PHASES and event_type != "DELETED":
+                    await self._delete(key, pod)
+                return None
             again = await self.handle_exit(key, ended, pod if event_type != "DELETED" else None)
         workflow = status.get("workflow")
         if workflow:
@@ -161,9 +157,15 @@ class Workers:
             name = pod["metadata"]["name"]
             message = f"worker pod {name} cannot start ({reason}): {detail}"
             writer.set_condition(key.uid, "WorkerPending", reason, message)
-            if not had:
-                self.ctx.emit(key, "WorkerPending", message, warning=True)
+            status = writer.view(key.uid)
             await writer.flush(key.uid, urgent=not had)
+        if had:
+            return
+        self.ctx.emit(key, "WorkerPending", message, warning=True)
+        if reason in IMAGE_ERRORS:  # the Workflow's image is wrong, not the namespace
+            pinned = (str(status.get("image") or ""), str(status.get("entrypoint") or ""))
+            workflow = str(status.get("workflow") or "")
+            await mark_unusable(self.ctx.kube, key.namespace, workflow, pinned, reason, message)
 
     def kick_queue(self, namespace: str, workflow: str) -> None:
         """A slot may be free: let the first queued runs of the workflow try."""
@@ -171,95 +173,56 @@ class Workers:
             self.ctx.scheduler.now(item.key, "slot freed")
 
     async def handle_exit(self, key: RunKey, ended: PodExit, pod: dict[str, Any] | None) -> bool:
-        """React to one ended pod (lock held); True if the run may need a new worker."""
-        ctx = self.ctx
-        action = ended.action
-        ctx.metrics.worker_exits.labels(outcome=action.value).inc()
-        ctx.writer.clear_condition(key.uid, "WorkerPending")
-        last_exit: dict[str, Any] = {"pod": ended.pod, "reason": ended.reason, "at": iso(utcnow())}
-        if ended.code is not None:
-            last_exit["exitCode"] = ended.code
-        ctx.writer.set(key.uid, lastExit=last_exit)
-        record = await ctx.store.get_run(key.uid)
-        if action is ExitAction.PROJECT:
-            record = await ctx.projector.refresh(key)
-            if _ended(record):
-                await self._finish_pod(key, pod)
-                return False
-            if record is not None and record.status is RunStatus.SUSPENDED:
-                await self._delete(key, pod)
-                await ctx.writer.flush(key.uid, urgent=True)
-                return True
-            # exit 0 but the store says the run still runs: replace it, with backoff
-            return await self._retry(key, ended, pod, record)
-        if action is ExitAction.RETRY:
-            if _ended(record):
-                await ctx.projector.refresh(key)
-                await self._finish_pod(key, pod)
-                return False
-            return await self._retry(key, ended, pod, record)
-        await self._fail(key, action, ended, record)
-        await self._finish_pod(key, pod)
-        return False
+        """React to one ended pod (lock held); True if the run should be reconciled now.
 
-    async def _fail(
-        self, key: RunKey, action: ExitAction, ended: PodExit, record: RunRecord | None
-    ) -> None:
-        """65 / 66 / 2: a permanent problem; Failed with a condition, never retried."""
-        ctx = self.ctx
-        detail = error_text(record.error) if record is not None and record.error else ""
-        message = f"worker pod {ended.pod} exited {ended.code}: {_FAILURE_TEXT[action]}"
-        if detail:
-            message += f": {detail}"
-        if record is not None and not record.status.finished:
-            error = {"type": action.value, "message": message}
-            await ctx.store.set_status(
-                key.uid, RunUpdate(status=RunStatus.FAILED, error=error, clear_wake_at=True)
-            )
-        ctx.writer.set_condition(key.uid, action.value, action.value, message)
-        ctx.emit(key, action.value, message, warning=True)
-        await ctx.projector.refresh(key)
-
-    async def _retry(
-        self, key: RunKey, ended: PodExit, pod: dict[str, Any] | None, record: RunRecord | None
-    ) -> bool:
-        """Fence the dead worker, count the retry, schedule a new pod after backoff."""
+        Idempotent across operator restarts (see `exits`): store writes first, then the
+        one status patch that marks the exit handled, then pod deletion and wake-up.
+        """
         ctx = self.ctx
         settings = ctx.settings
-        if record is not None:
+        ctx.metrics.worker_exits.labels(outcome=ended.action.value).inc()
+        status = ctx.writer.view(key.uid)
+        record = await ctx.projector.refresh(key)
+        limits = Limits(settings.max_retries, settings.backoff_initial, settings.backoff_max)
+        decision = decide(ended, record, status, limits)
+        if decision.fail is not None:
+            update = RunUpdate(status=RunStatus.FAILED, error=decision.fail, clear_wake_at=True)
+            await ctx.store.set_status(key.uid, update)
+        if decision.revoke:
             await ctx.store.revoke_lease(key.uid)
-        retries = int(ctx.writer.view(key.uid).get("retries") or 0)
-        code = "none" if ended.code is None else str(ended.code)
-        if retries >= settings.max_retries:
-            message = (
-                f"worker pod {ended.pod} ended ({ended.reason}, exit code {code}) and "
-                f"{retries} replacement(s) already failed (max {settings.max_retries})"
+        if decision.fail is not None:
+            record = await ctx.projector.refresh(key)
+        next_at = None if decision.delay is None else utcnow() + timedelta(seconds=decision.delay)
+        last_exit: dict[str, Any] = {
+            "pod": ended.pod,
+            "reason": ended.reason,
+            "at": iso(utcnow()),
+            "historyLength": record.history_length if record is not None else 0,
+        }
+        if ended.code is not None:
+            last_exit["exitCode"] = ended.code
+        ctx.writer.clear_condition(key.uid, "WorkerPending")
+        ctx.writer.set(
+            key.uid, lastExit=last_exit, retries=decision.retries, nextAttemptAt=iso(next_at)
+        )
+        await ctx.writer.flush(key.uid, urgent=True)  # the exit is handled from here on
+        if decision.event is not None:
+            reason, message, warning = decision.event
+            ctx.emit(key, reason, message, warning=warning)
+        if ended.action in (ExitAction.ENTRYPOINT_INVALID, ExitAction.CONFIG_INVALID):
+            pinned = (str(status.get("image") or ""), str(status.get("entrypoint") or ""))
+            workflow = str(status.get("workflow") or "")
+            message = decision.event[1] if decision.event else ended.reason
+            await mark_unusable(
+                ctx.kube, key.namespace, workflow, pinned, ended.action.value, message
             )
-            if record is not None:
-                error = {"type": "RetriesExhausted", "message": message}
-                await ctx.store.set_status(
-                    key.uid, RunUpdate(status=RunStatus.FAILED, error=error, clear_wake_at=True)
-                )
-            ctx.writer.set_condition(key.uid, "RetriesExhausted", "RetriesExhausted", message)
-            ctx.emit(key, "RetriesExhausted", message, warning=True)
-            await ctx.projector.refresh(key)
+        if decision.finished:
             await self._finish_pod(key, pod)
             return False
-        retries += 1
-        delay = backoff_delay(retries, settings.backoff_initial, settings.backoff_max)
-        next_at = utcnow() + timedelta(seconds=delay)
-        ctx.writer.set(key.uid, retries=retries, nextAttemptAt=iso(next_at))
-        ctx.emit(
-            key,
-            "WorkerRestarting",
-            f"worker pod {ended.pod} ended ({ended.reason}, exit code {code}); "
-            f"replacement {retries} in {delay:g}s",
-            warning=True,
-        )
-        await ctx.writer.flush(key.uid, urgent=True)
         await self._delete(key, pod)
-        ctx.scheduler.at(next_at, key, "crash backoff")
-        return False
+        if next_at is not None:
+            ctx.scheduler.at(next_at, key, "crash backoff")
+        return decision.reconcile
 
     async def _finish_pod(self, key: RunKey, pod: dict[str, Any] | None) -> None:
         """The run ended: keep its last pod for logs unless told otherwise."""

@@ -12,7 +12,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 
-from ratline.sdk.errors import InputValidationError
+from ratline.sdk.errors import InputValidationError, OutputValidationError
 
 
 def to_json(value: Any) -> Any:
@@ -52,3 +52,41 @@ def validate_input(workflow: str, type_: Any, raw: Any) -> Any:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "input"
         raise InputValidationError(workflow, field, first["msg"]) from None
+
+
+_SCALARS = frozenset({str, int, float, bool})
+
+
+def validate_output(workflow: str, type_: Any, value: Any) -> Any:
+    """The JSON form of a workflow's result, checked against its declared output type:
+    a run must not succeed with a result no reader can load."""
+    if type_ is Any or type_ is None:
+        return to_json(value)
+    if type(value) is type_ and type_ in _SCALARS:  # already exactly what was declared
+        return value
+    try:
+        adapter = _adapter(type_)
+    except TypeError:  # an annotation pydantic cannot check: keep the value as it is
+        return to_json(value)
+    try:
+        checked = adapter.validate_python(value)
+        return adapter.dump_python(checked, mode="json")
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "output"
+        raise OutputValidationError(workflow, field, first["msg"]) from None
+    except pydantic_core.PydanticSerializationError as exc:
+        raise OutputValidationError(workflow, "output", str(exc)) from None
+
+
+def refusal(type_: Any, payload: Any) -> dict[str, str] | None:
+    """Why `payload` does not fit a typed promise (field and message), or None if it does."""
+    if type_ is None or type_ is Any:
+        return None
+    try:
+        _adapter(type_).validate_python(payload)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "payload"
+        return {"field": field, "message": f"{field}: {first['msg']}"}
+    return None

@@ -31,6 +31,7 @@ from ratline.engine.parts import (
     child_name,
     current_step,
     iso,
+    joined,
     parse_time,
     return_type,
 )
@@ -39,11 +40,16 @@ from ratline.engine.waits import Waits
 from ratline.sdk.context import Promise, StepInfo, TaskHandle, WorkflowContext, WorkflowInfo
 from ratline.sdk.definition import WorkflowSpec, spec_of, task_of
 from ratline.sdk.durations import parse_duration
-from ratline.sdk.errors import WorkflowCancelled
+from ratline.sdk.errors import NonDeterminismError, WorkflowCancelled
 from ratline.sdk.retry import RetryPolicy
 from ratline.store.base import Event, EventType, InboxItem, Lease, RunRecord, Store
 
 __all__ = ["COMPENSATION_RETRY", "Execution", "ExecutionOptions"]
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    """Any awaitable handed to `gather` becomes a branch the engine can see."""
+    return await awaitable
 
 
 class Execution(WorkflowContext):
@@ -66,19 +72,16 @@ class Execution(WorkflowContext):
         self._steps = Steps(cmd, self._waits)
         self._driver = Driver(cmd, self._waits, self._steps)
         self._initial_inbox = inbox
-        self._state: dict[str, Any] = {}
-        for event in history:
-            if event.type is EventType.STATE_SET and event.name is not None:
-                self._state[event.name] = event.payload.get("value")
-        seed = run.id  # a run retried from a step keeps the numbers of the run it copies
-        if history and history[0].type is EventType.RUN_STARTED:
-            seed = str(history[0].payload.get("retry_of") or run.id)
-        self._rng = _random.Random(seed)
 
     @property
     def released(self) -> bool:
         """The last commit gave the lease back (the run finished): no release call needed."""
         return self._cmd.flusher.released
+
+    @property
+    def blocked(self) -> NonDeterminismError | None:
+        """The first mismatch between the code and history, if the code met one."""
+        return self._cmd.blocked
 
     @property
     def steps(self) -> list[StepInfo]:
@@ -102,6 +105,7 @@ class Execution(WorkflowContext):
             namespace=cmd.run.namespace,
             workflow=cmd.spec.name,
             attempt=cmd.options.attempt,
+            workflow_attempt=cmd.attempt,
             replaying=cmd.replaying,
             step_key=current_step.get(),
         )
@@ -136,7 +140,7 @@ class Execution(WorkflowContext):
         coro = self._steps.step(
             command_id, spec.name, spec.fn, args, spec.retry, spec.output_type, offload=True
         )
-        return Handle(spec.name, command_id, self._cmd.spawn(coro))
+        return Handle(spec.name, command_id, self._cmd.spawn(coro), self._cmd.park)
 
     def run_async(
         self,
@@ -147,12 +151,18 @@ class Execution(WorkflowContext):
     ) -> TaskHandle[Any]:
         command_id = self._cmd.issue("step", name)
         coro = self._steps.step(command_id, name, fn, args, retry, return_type(fn), offload=True)
-        return Handle(name, command_id, self._cmd.spawn(coro))
+        return Handle(name, command_id, self._cmd.spawn(coro), self._cmd.park)
 
     async def gather(self, *handles: Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
-        results = await asyncio.gather(*handles, return_exceptions=return_exceptions)
+        cmd = self._cmd
+        branches = [h.task if isinstance(h, Handle) else cmd.spawn(_awaited(h)) for h in handles]
+        gathered = asyncio.gather(
+            *(asyncio.shield(b) for b in branches), return_exceptions=return_exceptions
+        )
+        with cmd.park(joined(branches, return_exceptions)):  # moves when they end
+            results = await gathered
         for item in results:
-            if isinstance(item, WorkflowCancelled | Abort | SimulatedCrash):
+            if isinstance(item, WorkflowCancelled | NonDeterminismError | Abort | SimulatedCrash):
                 raise item
         return list(results)
 
@@ -161,9 +171,11 @@ class Execution(WorkflowContext):
         command_id = self._cmd.issue("timer", "sleep")
         await self._waits.sleep(command_id, delta)
 
-    def promise(self, name: str, timeout: timedelta | str | float | None = None) -> Promise[Any]:
+    def promise(
+        self, name: str, timeout: timedelta | str | float | None = None, *, type: Any = None
+    ) -> Promise[Any]:
         command_id = self._cmd.issue("promise", name)
-        state = self._waits.create_promise(command_id, name, timeout)
+        state = self._waits.create_promise(command_id, name, timeout, type)
         return PromiseHandle(state, self._waits.await_promise)
 
     async def set(self, key: str, value: Any) -> None:
@@ -172,12 +184,12 @@ class Execution(WorkflowContext):
         if recorded is None:
             value = to_json(value)
             self._cmd.write(EventType.STATE_SET, command_id, key, {"value": value})
-            self._state[key] = value
+            self._cmd.state[key] = value
         else:
-            self._state[key] = recorded.get("value")
+            self._cmd.state[key] = recorded.get("value")
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._state.get(key, default)
+        return self._cmd.state.get(key, default)
 
     def now(self) -> datetime:
         command_id = self._cmd.issue("marker", "now")
@@ -189,10 +201,10 @@ class Execution(WorkflowContext):
         return value
 
     def random(self) -> _random.Random:
-        return self._rng
+        return self._cmd.rng
 
     def uuid4(self) -> uuid.UUID:
-        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+        return uuid.UUID(int=self._cmd.rng.getrandbits(128), version=4)
 
     def patched(self, patch_id: str) -> bool:
         cmd = self._cmd

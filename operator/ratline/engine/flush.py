@@ -24,7 +24,6 @@ class Flusher:
         self._consumed: list[str] = []
         self._status: RunStatus | None = None
         self._lock = asyncio.Lock()
-        self.commits = 0
         self.released = False  # a commit gave the lease back: nothing more may be written
 
     def buffer(self, event: NewEvent) -> None:
@@ -58,7 +57,6 @@ class Flusher:
             self._events, self._consumed = [], []
             await self._append(events, update, consumed)
             self._status = None
-            self.commits += 1
             self.released = update is not None and update.release_lease
 
     async def _append(

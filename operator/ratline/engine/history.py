@@ -24,18 +24,18 @@ class HistoryIndex:
     cancel_seq: int | None = None
     cancel_reason: str | None = None
     compensation_started: bool = False
-    last_seq: int = 0
     max_command: int = 0
+    attempt: int = 1  # the workflow attempt history is at (whole-workflow retries)
+    attempt_base: int = 0  # commands up to this number belong to earlier attempts
+    attempt_starts_at: str | None = None  # when the current attempt may start (ISO time)
 
     @classmethod
     def build(cls, events: Sequence[Event]) -> HistoryIndex:
         """One pass with locals: replaying 10,000 steps starts with this loop."""
         index = cls()
         by_command = index.by_command
-        last_seq = max_command = 0
+        max_command = 0
         for event in events:
-            if event.seq > last_seq:
-                last_seq = event.seq
             command_id = event.command_id
             if command_id is not None:
                 by_command[command_id].append(event)
@@ -43,16 +43,8 @@ class HistoryIndex:
                     max_command = command_id
             else:
                 index._run_level(event)
-        index.last_seq, index.max_command = last_seq, max_command
+        index.max_command = max_command
         return index
-
-    def add(self, event: Event) -> None:
-        self.last_seq = max(self.last_seq, event.seq)
-        if event.command_id is not None:
-            self.by_command[event.command_id].append(event)
-            self.max_command = max(self.max_command, event.command_id)
-        else:
-            self._run_level(event)
 
     def _run_level(self, event: Event) -> None:
         if event.type is EventType.RUN_STARTED:
@@ -62,6 +54,11 @@ class HistoryIndex:
             self.cancel_reason = str(event.payload.get("reason", "cancelled"))
         elif event.type is EventType.COMPENSATION_STARTED:
             self.compensation_started = True
+        elif event.type is EventType.ATTEMPT_FAILED:
+            self.attempt = int(event.payload.get("attempt", self.attempt)) + 1
+            self.attempt_base = int(event.payload.get("base", 0))
+            self.attempt_starts_at = event.payload.get("retry_at")
+            self.compensation_started = False  # the next attempt registers its own undo
 
     def records(self, command_id: int) -> list[Event]:
         return self.by_command.get(command_id, [])

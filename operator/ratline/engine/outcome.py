@@ -11,7 +11,7 @@ from ratline.store.base import RunStatus
 
 
 class SimulatedCrash(BaseException):
-    """Raised by the testing runner's `simulate_crash_after`: the process "dies"."""
+    """The testing runner's `simulate_crash_after` / `_during`: the process "dies"."""
 
 
 @dataclass

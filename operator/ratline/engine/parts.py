@@ -11,6 +11,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,7 @@ class PromiseState:
     deadline: datetime | None
     future: asyncio.Future[Any]
     resolved_seq: int | None = None  # seq of the recorded resolution, when replayed
+    type_: Any = None  # `ctx.promise(..., type=)`: payloads are validated against it
 
 
 @dataclass
@@ -66,7 +68,9 @@ class ExecutionOptions:
     clock: Callable[[], datetime] = utcnow
     idle_threshold_s: float = 2.0
     attempt: int = 1
-    crash_after_step: str | None = None
+    crash_after_step: str | None = None  # testing: die right after this step is recorded
+    crash_during_step: str | None = None  # testing: die inside this step, before recording
+    replay_only: bool = False  # the replayer: stop where history ends, never run new work
     busy_inbox_poll_s: float = 1.0
 
 
@@ -90,14 +94,21 @@ class ReplayQuietLogger(logging.LoggerAdapter[logging.Logger]):
         return not self._replaying() and super().isEnabledFor(level)
 
 
+Park = Callable[[Callable[[], bool]], AbstractContextManager[None]]
+
+
 class Handle(TaskHandle[Any]):
-    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any]) -> None:
+    """A fan-out branch; awaiting it parks the awaiting branch on this one."""
+
+    def __init__(self, name: str, command_id: int, task: asyncio.Task[Any], park: Park) -> None:
         self.name = name
         self.command_id = command_id
-        self._task = task
+        self.task = task
+        self._park = park
 
     async def result(self) -> Any:
-        return await asyncio.shield(self._task)
+        with self._park(lambda: not self.task.done()):
+            return await asyncio.shield(self.task)
 
 
 class PromiseHandle(Promise[Any]):
@@ -164,3 +175,16 @@ def child_name(parent: str, name: str, command_id: int) -> str:
     safe = "".join(c if c.isalnum() or c == "-" else "-" for c in name.lower()).strip("-")
     suffix = f"-{safe}-{command_id}"
     return (parent[: 63 - len(suffix)] + suffix).strip("-")
+
+
+def joined(branches: list[asyncio.Task[Any]], return_exceptions: bool) -> Callable[[], bool]:
+    """Whether a `gather` of `branches` still waits, read from the branches themselves."""
+
+    def waiting() -> bool:
+        if all(b.done() for b in branches):
+            return False
+        if return_exceptions:
+            return True
+        return not any(b.done() and (b.cancelled() or b.exception()) for b in branches)
+
+    return waiting

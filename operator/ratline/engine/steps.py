@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ratline.engine.codec import error_info, from_json, to_json
+from ratline.engine.codec import from_json, to_json
 from ratline.engine.commands import Commands
-from ratline.engine.outcome import SimulatedCrash
+from ratline.engine.failures import step_error_info, step_failure
 from ratline.engine.parts import Compensation, current_step, is_async, iso, parse_time
 from ratline.engine.waits import Waits
 from ratline.sdk.context import StepInfo
-from ratline.sdk.errors import StepFailedError
 from ratline.sdk.retry import DEFAULT_RETRY, RetryPolicy
 from ratline.store.base import Event, EventType
 
@@ -69,10 +68,7 @@ class Steps:
             last = failures[-1]
             cmd.cancel_point(last.seq)
             self._note(command_id, name, len(failures), replayed=True, ok=False)
-            err = last.payload.get("error") or {}
-            raise StepFailedError(
-                name, str(err.get("type")), str(err.get("message")), len(failures)
-            )
+            raise step_failure(name, last.payload.get("error") or {}, len(failures))
         cmd.cancel_point(None)
         policy = retry or cmd.spec.retry or DEFAULT_RETRY
         attempt = len(failures) + 1
@@ -80,6 +76,7 @@ class Steps:
             retry_at = parse_time(failures[-1].payload["retry_at"])
             await self.waits.wait(command_id, "retry", name, retry_at)
         crash_after = cmd.options.crash_after_step
+        crash_during = cmd.options.crash_during_step
         while True:
             await cmd.flush()  # write-behind: all earlier decisions are durable first
             started = time.perf_counter()
@@ -101,8 +98,10 @@ class Steps:
             finally:
                 cmd.in_flight -= 1
                 current_step.reset(token)
-                if self.waits.waiters:  # only a waiting sibling makes idleness possible
-                    cmd.changed.set()
+            if crash_during == name:  # testing: the process dies before recording
+                cmd.crash(name)
+            if cmd.stopped:  # a mismatch or a crash elsewhere: this result is not recorded
+                cmd.halted()
             elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
             if error is None:
                 result = to_json(value)
@@ -112,7 +111,7 @@ class Steps:
                 if cmd.in_flight > 0 or crash_after == name:
                     await cmd.flush()
                 if crash_after == name:
-                    raise SimulatedCrash(name)
+                    cmd.crash(name)
                 value = from_json(result, output_type)
                 self._register_undo(name, compensate, value)
                 cmd.cancel_point(None)
@@ -120,7 +119,7 @@ class Steps:
             if policy.should_retry(attempt, error):
                 retry_at = cmd.options.clock() + policy.delay(attempt)
                 payload = {
-                    "error": error_info(error),
+                    "error": step_error_info(error),
                     "attempt": attempt,
                     "retry_at": iso(retry_at),
                 }
@@ -130,10 +129,15 @@ class Steps:
                 await self.waits.wait(command_id, "retry", name, retry_at)
                 attempt += 1
                 continue
-            payload = {"error": error_info(error), "attempt": attempt, "retry_at": None}
-            cmd.write(_STEP_FAILED, command_id, name, payload)
+            info = step_error_info(error)
+            cmd.write(
+                _STEP_FAILED,
+                command_id,
+                name,
+                {"error": info, "attempt": attempt, "retry_at": None},
+            )
             self._note(command_id, name, attempt, replayed=False, ok=False)
-            raise StepFailedError(name, type(error).__name__, str(error), attempt) from error
+            raise step_failure(name, info, attempt) from error
 
     def _register_undo(self, name: str, fn: Callable[[Any], Any] | None, result: Any) -> None:
         if fn is not None:

@@ -3,15 +3,20 @@
 A branch that waits registers a `Waiter`; deadlines fire from the clock, and
 promises resolve from inbox items (signals, rejections, child results). A
 cancel or timeout item turns into a `WorkflowCancelled` at every open wait.
+
+An inbox item named `promise` or `promise#tag` is for promise `promise`: the tag
+lets a corrected signal follow a refused one (the inbox keeps one item per name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from ratline.engine.codec import from_json, refusal
 from ratline.engine.commands import Commands
 from ratline.engine.parts import PromiseState, Waiter, iso, parse_time, retrieve
 from ratline.sdk.durations import parse_duration
@@ -26,7 +31,7 @@ class Waits:
         self.cmd = cmd
         self.waiters: list[Waiter] = []
         self.promises: dict[str, PromiseState] = {}
-        self._inbox_waiting: dict[str, InboxItem] = {}
+        self._inbox_waiting: defaultdict[str, list[InboxItem]] = defaultdict(list)
         self._inbox_seen: set[str] = set()
         self.last_inbox_poll = 0.0
 
@@ -37,9 +42,9 @@ class Waits:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         waiter = Waiter(command_id, kind, name, deadline, future)
         self.waiters.append(waiter)
-        self.cmd.changed.set()
         try:
-            await future
+            with self.cmd.park(lambda: not future.done()):
+                await future
         finally:
             self.waiters.remove(waiter)
 
@@ -60,7 +65,7 @@ class Waits:
 
     # ---------------------------------------------------------------- promises
     def create_promise(
-        self, command_id: int, name: str, timeout: timedelta | str | float | None
+        self, command_id: int, name: str, timeout: timedelta | str | float | None, type_: Any
     ) -> PromiseState:
         if name in self.promises:
             raise ValueError(f"promise {name!r} was already created in this run")
@@ -72,17 +77,19 @@ class Waits:
             cmd.write(EventType.PROMISE_CREATED, command_id, name, payload)
         else:
             deadline = parse_time(created["deadline"]) if created.get("deadline") else None
-        return self.open_promise(command_id, name, deadline)
+        return self.open_promise(command_id, name, deadline, type_)
 
-    def open_promise(self, command_id: int, name: str, deadline: datetime | None) -> PromiseState:
+    def open_promise(
+        self, command_id: int, name: str, deadline: datetime | None, type_: Any = None
+    ) -> PromiseState:
         """The promise's state, resolved already if history or the inbox holds its value."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(retrieve)
-        state = PromiseState(command_id, name, deadline, future)
+        state = PromiseState(command_id, name, deadline, future, type_=type_)
         self.promises[name] = state
         for event in self.cmd.history.records(command_id):
             if event.type is EventType.PROMISE_RESOLVED:
-                future.set_result(event.payload.get("value"))
+                future.set_result(from_json(event.payload.get("value"), type_))
             elif event.type is EventType.PROMISE_REJECTED:
                 future.set_exception(PromiseRejectedError(name, event.payload.get("error")))
             elif event.type is EventType.PROMISE_TIMED_OUT:
@@ -91,8 +98,11 @@ class Waits:
                 continue
             state.resolved_seq = event.seq
             break
-        if not future.done() and name in self._inbox_waiting:
-            self._resolve_from_inbox(state, self._inbox_waiting.pop(name))
+        for item in self._inbox_waiting.pop(name, []):
+            if future.done():
+                self.cmd.flusher.consume(item.name)  # a second signal for a resolved promise
+            else:
+                self._resolve_from_inbox(state, item)
         return state
 
     async def await_promise(self, state: PromiseState) -> Any:
@@ -102,9 +112,9 @@ class Waits:
         self.cmd.cancel_point(None)
         waiter = Waiter(state.command_id, "promise", state.name, state.deadline, state.future)
         self.waiters.append(waiter)
-        self.cmd.changed.set()
         try:
-            return await asyncio.shield(state.future)
+            with self.cmd.park(lambda: not state.future.done()):
+                return await asyncio.shield(state.future)
         finally:
             self.waiters.remove(waiter)
 
@@ -116,10 +126,19 @@ class Waits:
             )
             state.future.set_exception(PromiseRejectedError(state.name, item.payload))
         else:
-            cmd.write(
-                EventType.PROMISE_RESOLVED, state.command_id, state.name, {"value": item.payload}
-            )
-            state.future.set_result(item.payload)
+            refused = refusal(state.type_, item.payload)
+            if refused is None:
+                cmd.write(
+                    EventType.PROMISE_RESOLVED,
+                    state.command_id,
+                    state.name,
+                    {"value": item.payload},
+                )
+                state.future.set_result(from_json(item.payload, state.type_))
+            else:  # refused: recorded, and the promise keeps waiting for a corrected signal
+                payload = {**refused, "signal": item.name, "payload": item.payload}
+                cmd.write(EventType.SIGNAL_REFUSED, state.command_id, state.name, payload)
+                cmd.logger.warning("signal %s refused: %s", item.name, refused["message"])
         cmd.flusher.consume(item.name)
         cmd.changed.set()
 
@@ -149,9 +168,10 @@ class Waits:
                 self.request_cancel("timed_out" if item.kind is InboxKind.TIMEOUT else "cancelled")
                 changed = True
                 continue
-            state = self.promises.get(item.name)
+            promise = item.name.partition("#")[0]
+            state = self.promises.get(promise)
             if state is None:
-                self._inbox_waiting[item.name] = item
+                self._inbox_waiting[promise].append(item)
             elif state.future.done():
                 self.cmd.flusher.consume(item.name)  # too late: already resolved or timed out
             else:
@@ -162,7 +182,7 @@ class Waits:
     async def poll_inbox(self) -> bool:
         """Read the inbox, but only once what is buffered is durable: no read may fail
         (or wait out an outage) while a finished step's completion is only in memory."""
-        await self.cmd.flusher.flush()
+        await self.cmd.flush()
         self.last_inbox_poll = time.monotonic()
         items = await self.cmd.store.pending_inbox(self.cmd.run.id)
         return self.apply_inbox(items)
@@ -213,6 +233,5 @@ class Waits:
         return sorted(w.name for w in self.waiters if w.kind == "promise")
 
     def idle(self) -> bool:
-        if self.cmd.in_flight or not self.waiters:
-            return False
-        return all(not w.future.done() for w in self.waiters)
+        """Every branch is blocked on a durable wait (directly or through a join)."""
+        return bool(self.waiters) and self.cmd.idle()

@@ -32,6 +32,7 @@ class WorkflowInfo:
     attempt: int  # worker activation number, 1 for the first pod
     replaying: bool
     step_key: str  # idempotency key of the step currently executing, "" outside a step
+    workflow_attempt: int = 1  # whole-workflow attempt (`max_retries`), 1 for the first
 
     def idempotency_key(self, command_id: int) -> str:
         return f"{self.run_id}:{command_id}"
@@ -160,9 +161,24 @@ class WorkflowContext(abc.ABC):
     async def sleep(self, duration: timedelta | str | float) -> None:
         """A durable timer: long sleeps end the worker and cost no running pod."""
 
+    @overload
+    def promise(
+        self, name: str, timeout: timedelta | str | float | None = None, *, type: type[T]
+    ) -> Promise[T]: ...
+    @overload
+    def promise(
+        self, name: str, timeout: timedelta | str | float | None = None, *, type: None = None
+    ) -> Promise[Any]: ...
     @abc.abstractmethod
-    def promise(self, name: str, timeout: timedelta | str | float | None = None) -> Promise[Any]:
-        """A named slot filled by a signal (`kubectl patch ... spec.signals.<name>`)."""
+    def promise(
+        self, name: str, timeout: timedelta | str | float | None = None, *, type: Any = None
+    ) -> Promise[Any]:
+        """A named slot filled by a signal (`kubectl patch ... spec.signals.<name>`).
+
+        With `type=` (a pydantic model or any type pydantic validates), `wait()`
+        returns that type; a payload that does not validate is refused (recorded
+        as a SignalRefused event naming the field) and the promise keeps waiting
+        for a corrected signal."""
 
     @abc.abstractmethod
     async def set(self, key: str, value: Any) -> None:

@@ -33,9 +33,12 @@ class WorkflowSpec:
     fn: WorkflowFn
     input_type: Any
     output_type: Any
-    max_duration: timedelta | None
-    retry: RetryPolicy | None
-    version: str = ""
+    max_duration: timedelta | None  # None: no limit
+    retry: RetryPolicy | None  # default policy of steps that set none (`step_retry=`)
+    max_retries: int = 0  # whole-workflow attempts after the first one fails
+
+
+DEFAULT_MAX_DURATION = "7d"
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,6 @@ def registered_workflow(name: str) -> WorkflowSpec | None:
     return _WORKFLOWS.get(name)
 
 
-def registered_task(name: str) -> TaskSpec | None:
-    return _TASKS.get(name)
-
-
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn)
@@ -74,19 +73,14 @@ def _param_type(fn: Callable[..., Any], index: int) -> Any:
     return _hints(fn).get(params[index].name, Any)
 
 
-def _make_retry(retry: RetryPolicy | None, max_retries: int | None) -> RetryPolicy | None:
-    if max_retries is None:
-        return retry
-    if max_retries < 0:
-        raise ValueError("max_retries must be >= 0")
-    base = retry or RetryPolicy()
-    return RetryPolicy(
-        max_attempts=max_retries + 1,
-        initial_interval=base.initial_interval,
-        backoff_coefficient=base.backoff_coefficient,
-        max_interval=base.max_interval,
-        non_retryable=base.non_retryable,
-    )
+def _max_duration(value: str | timedelta | float | None) -> timedelta | None:
+    return None if value is None else parse_duration(value)
+
+
+def _max_retries(value: int) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {value!r}")
+    return value
 
 
 class WorkflowDefinition(Generic[In, Out]):
@@ -97,9 +91,9 @@ class WorkflowDefinition(Generic[In, Out]):
     """
 
     name: str = ""
-    max_duration: str | timedelta | None = None
-    retry: RetryPolicy | None = None
-    max_retries: int | None = None
+    max_duration: str | timedelta | None = DEFAULT_MAX_DURATION  # None: no limit
+    step_retry: RetryPolicy | None = None  # default policy of steps that set none
+    max_retries: int = 0  # whole-workflow retries
 
     async def execute(self, ctx: WorkflowContext, inp: In) -> Out:
         raise NotImplementedError
@@ -114,6 +108,8 @@ class WorkflowDefinition(Generic[In, Out]):
             if typing.get_origin(base) is WorkflowDefinition:
                 in_type, out_type = typing.get_args(base)
         name = cls.name or cls.__name__
+        if "retry" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}.retry was renamed: use step_retry (per step)")
 
         async def run(ctx: WorkflowContext, inp: Any) -> Any:
             return await cls().execute(ctx, inp)
@@ -123,8 +119,9 @@ class WorkflowDefinition(Generic[In, Out]):
             fn=run,
             input_type=in_type,
             output_type=out_type,
-            max_duration=parse_duration(cls.max_duration) if cls.max_duration else None,
-            retry=_make_retry(cls.retry, cls.max_retries),
+            max_duration=_max_duration(cls.max_duration),
+            retry=cls.step_retry,
+            max_retries=_max_retries(cls.max_retries),
         )
         cls.__ratline_workflow__ = spec  # type: ignore[attr-defined]
         _WORKFLOWS[name] = spec
@@ -139,23 +136,26 @@ def workflow(fn: F, /) -> F: ...
 def workflow(
     *,
     name: str | None = None,
-    max_duration: str | timedelta | None = None,
-    retry: RetryPolicy | None = None,
-    max_retries: int | None = None,
+    max_duration: str | timedelta | None = DEFAULT_MAX_DURATION,
+    step_retry: RetryPolicy | None = None,
+    max_retries: int = 0,
 ) -> Callable[[F], F]: ...
 def workflow(
     fn: F | None = None,
     /,
     *,
     name: str | None = None,
-    max_duration: str | timedelta | None = None,
-    retry: RetryPolicy | None = None,
-    max_retries: int | None = None,
+    max_duration: str | timedelta | None = DEFAULT_MAX_DURATION,
+    step_retry: RetryPolicy | None = None,
+    max_retries: int = 0,
 ) -> F | Callable[[F], F]:
     """Register an async function `(ctx, input) -> output` as a workflow.
 
-    `max_retries` is the default number of retries of each step (a step's own
-    `retry=` wins); `max_duration` cancels the run, with compensation, once passed.
+    `step_retry` is the default policy of steps that set none (a step's own
+    `retry=` wins). `max_retries` reruns the whole workflow from the start when
+    it fails (after its compensations), as new attempts of the same run.
+    `max_duration` (default 7 days, None for no limit) cancels the run, with
+    compensation, once passed; a run's or Workflow's maxDuration wins over it.
     """
 
     def register(f: F) -> F:
@@ -167,8 +167,9 @@ def workflow(
             fn=f,
             input_type=_param_type(f, 1),
             output_type=_hints(f).get("return", Any),
-            max_duration=parse_duration(max_duration) if max_duration else None,
-            retry=_make_retry(retry, max_retries),
+            max_duration=_max_duration(max_duration),
+            retry=step_retry,
+            max_retries=_max_retries(max_retries),
         )
         f.__ratline_workflow__ = spec  # type: ignore[attr-defined]
         _WORKFLOWS[spec.name] = spec

@@ -1,8 +1,12 @@
 """Exceptions a workflow author raises or catches.
 
 They say how the engine should react: `NonRetryableError` stops a step's
-retries, `WorkflowCancelled` derives from `BaseException` so that a broad
-`except Exception` in user code cannot swallow a cancel.
+retries. `WorkflowCancelled` and `NonDeterminismError` derive from
+`BaseException`, so a broad `except Exception` in user code cannot swallow a
+cancel or a mismatch with history (Temporal fails the workflow task instead of
+raising into user code; here the error passes through user handlers, and the
+engine refuses every later command, so even `except BaseException` cannot run
+one).
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ class NonRetryableError(RatlineError):
 class StepFailedError(RatlineError):
     """A step failed for good (retries exhausted or non-retryable).
 
-    Carries the original error's type name and message, which is all history
-    keeps, so the workflow sees the same exception live and on replay.
+    History keeps the original error's import path, message and arguments. When
+    that type can be imported, the workflow gets an exception that is both an
+    instance of it and a `StepFailedError` (so `except RateLimitError:` and
+    `except StepFailedError:` both catch it), live and on replay alike;
+    otherwise a plain `StepFailedError` whose `error_type` names the type.
     """
 
     def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
@@ -47,8 +54,12 @@ class PromiseRejectedError(RatlineError):
         return f"promise {self.promise!r} was rejected: {self.error}"
 
 
-class NonDeterminismError(PermanentError):
-    """The code issued a different command than the one history recorded."""
+class NonDeterminismError(BaseException):
+    """The code issued a different command than the one history recorded.
+
+    Not an `Exception`: user code cannot catch it by accident, and once raised
+    the run issues no further command; it ends Blocked with the diff.
+    """
 
     def __init__(self, command_id: int, expected: str, recorded: str) -> None:
         super().__init__(command_id, expected, recorded)
@@ -69,6 +80,19 @@ class WorkflowCancelled(BaseException):
     def __init__(self, reason: str = "cancelled") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OutputValidationError(PermanentError):
+    """The workflow returned a value that does not fit its declared output type."""
+
+    def __init__(self, workflow: str, field: str, message: str) -> None:
+        super().__init__(workflow, field, message)
+        self.workflow = workflow
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"output of workflow {self.workflow!r} is invalid at {self.field}: {self.message}"
 
 
 class InputValidationError(PermanentError):

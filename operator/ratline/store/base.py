@@ -40,6 +40,11 @@ class RunStatus(enum.StrEnum):
     def finished(self) -> bool:
         return self in _FINISHED
 
+    @property
+    def resting(self) -> bool:
+        """Finished or blocked: nothing will advance the run again (no worker needed)."""
+        return self in _FINISHED or self is RunStatus.BLOCKED
+
 
 _FINISHED = {
     RunStatus.SUCCEEDED,
@@ -73,6 +78,8 @@ class EventType(enum.StrEnum):
     RUN_TIMED_OUT = "RunTimedOut"
     RUN_BLOCKED = "RunBlocked"
     MARKER = "Marker"  # patched(), random seeds and other non-step decisions
+    ATTEMPT_FAILED = "AttemptFailed"  # whole-workflow retry: the next attempt starts anew
+    SIGNAL_REFUSED = "SignalRefused"  # a typed promise's payload did not validate
 
 
 # The kind of command each command-level event belongs to (run-level events have none).

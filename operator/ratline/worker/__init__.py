@@ -3,6 +3,7 @@
 `python -m ratline.worker` (see docs/architecture.md for settings and exit codes).
 """
 
-from ratline.worker.main import ExitCode, WorkerSettings, main, run_worker
+from ratline.protocol import ExitCode
+from ratline.worker.main import WorkerSettings, main, run_worker
 
 __all__ = ["ExitCode", "WorkerSettings", "main", "run_worker"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import enum
 import json
 import logging
 import os
@@ -21,6 +20,16 @@ from dataclasses import dataclass
 from ratline.engine import ExecutionOptions, activate, resolve_entrypoint
 from ratline.engine.activate import EntrypointError
 from ratline.errors import FencedError, LeaseHeldError, RunNotFoundError, StoreError
+from ratline.protocol import (
+    ENV_ATTEMPT,
+    ENV_DEFAULT_RETRY,
+    ENV_DSN,
+    ENV_ENTRYPOINT,
+    ENV_IDLE_THRESHOLD,
+    ENV_RUN_ID,
+    ENV_WORKER_ID,
+    ExitCode,
+)
 from ratline.sdk.retry import RetryPolicy
 from ratline.store import (
     DEFAULT_STORE_RETRY_S,
@@ -32,16 +41,6 @@ from ratline.store import (
 )
 
 log = logging.getLogger("ratline.worker")
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    CRASH = 1
-    USAGE = 2
-    INPUT_INVALID = 65
-    ENTRYPOINT_INVALID = 66
-    STORE_UNREACHABLE = 69
-    LEASE_HELD = 75
 
 
 @dataclass(frozen=True)
@@ -60,18 +59,18 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
     """Flags override env; a missing setting exits 2 naming the flag and the variable."""
     env = os.environ
     parser = argparse.ArgumentParser(prog="python -m ratline.worker")
-    parser.add_argument("--run-id", default=env.get("RATLINE_RUN_ID", ""))
-    parser.add_argument("--dsn", default=env.get("RATLINE_DSN", ""))
-    parser.add_argument("--entrypoint", default=env.get("RATLINE_ENTRYPOINT", ""))
+    parser.add_argument("--run-id", default=env.get(ENV_RUN_ID, ""))
+    parser.add_argument("--dsn", default=env.get(ENV_DSN, ""))
+    parser.add_argument("--entrypoint", default=env.get(ENV_ENTRYPOINT, ""))
     parser.add_argument(
-        "--idle-threshold", type=float, default=float(env.get("RATLINE_IDLE_THRESHOLD", "2"))
+        "--idle-threshold", type=float, default=float(env.get(ENV_IDLE_THRESHOLD, "2"))
     )
-    default_id = env.get("RATLINE_WORKER_ID") or env.get("HOSTNAME") or socket.gethostname()
+    default_id = env.get(ENV_WORKER_ID) or env.get("HOSTNAME") or socket.gethostname()
     parser.add_argument("--worker-id", default=f"{default_id}:{os.getpid()}")
-    parser.add_argument("--attempt", type=int, default=int(env.get("RATLINE_ATTEMPT", "1")))
+    parser.add_argument("--attempt", type=int, default=int(env.get(ENV_ATTEMPT, "1")))
     add_store_retry_flag(parser)
     args = parser.parse_args(argv)
-    for flag, var in (("run_id", "RATLINE_RUN_ID"), ("dsn", "RATLINE_DSN")):
+    for flag, var in (("run_id", ENV_RUN_ID), ("dsn", ENV_DSN)):
         if not getattr(args, flag):
             parser.error(f"--{flag.replace('_', '-')} (or ${var}) is required")
     return WorkerSettings(
@@ -81,7 +80,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> WorkerSettings:
         idle_threshold_s=args.idle_threshold,
         worker_id=args.worker_id,
         attempt=args.attempt,
-        default_retry=_default_retry(parser, env.get("RATLINE_DEFAULT_RETRY", "")),
+        default_retry=_default_retry(parser, env.get(ENV_DEFAULT_RETRY, "")),
         store_retry_s=args.store_retry,
     )
 
