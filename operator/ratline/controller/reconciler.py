@@ -10,6 +10,8 @@ one worker pod per activation exists (named by the activation number).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from datetime import datetime, timedelta
@@ -29,6 +31,12 @@ from ratline.sdk.durations import parse_duration
 from ratline.store.base import InboxKind, NewRun, RunRecord, RunStatus, RunUpdate
 
 log = logging.getLogger(__name__)
+
+
+def signal_tag(payload: Any) -> str:
+    """A short digest of a signal payload's canonical JSON: names a corrected resend."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class InvalidSpec(PermanentError):
@@ -184,9 +192,10 @@ class Reconciler:
         """Write new signals, rejections, cancel and timeout into the inbox, once each."""
         ctx = self.ctx
         done = set(ctx.writer.view(key.uid).get("delivered") or [])
-        wanted: list[tuple[str, InboxKind, Any]] = []
+        changed = False
         for name, payload in (spec.get("signals") or {}).items():
-            wanted.append((str(name), InboxKind.SIGNAL, payload))
+            changed = await self._deliver_signal(key, str(name), payload, done) or changed
+        wanted: list[tuple[str, InboxKind, Any]] = []
         for name, message in (spec.get("rejections") or {}).items():
             error = {"type": "Rejected", "message": str(message)}
             wanted.append((str(name), InboxKind.REJECT, error))
@@ -204,20 +213,50 @@ class Reconciler:
         for name, kind, payload in fresh:
             first = await ctx.store.deliver(key.uid, name, kind, payload)
             done.add(name)
-            if not first:
-                continue
-            if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
-                ctx.metrics.signal_delivered(key.uid, name)
-            verb = {
-                InboxKind.SIGNAL: f"signal {name} delivered",
-                InboxKind.REJECT: f"rejection of {name} delivered",
-                InboxKind.CANCEL: "cancel requested",
-                InboxKind.TIMEOUT: "maxDuration passed: timing out",
-            }[kind]
-            ctx.emit(key, "Delivered" if kind is not InboxKind.TIMEOUT else "TimingOut", verb)
-        if fresh:
+            if first:
+                self._delivered(key, name, kind)
+        if fresh or changed:
             ctx.writer.set(key.uid, delivered=sorted(done)[:256])
-        return bool(fresh)
+        return bool(fresh) or changed
+
+    async def _deliver_signal(self, key: RunKey, name: str, payload: Any, done: set[str]) -> bool:
+        """`spec.signals[name]`: the first payload goes in as `name`; a different payload
+        patched later (a corrected resend after a refusal) goes in as `name#<digest>`,
+        which the engine reads as another delivery for promise `name`. The tag comes
+        from the content, so retries and restarts write each payload once. `done` also
+        records the tag of the payload under `name`, so an unchanged spec costs no
+        round trip. True when `done` changed."""
+        store = self.ctx.store
+        tagged = f"{name}#{signal_tag(payload)}"
+        if tagged in done:
+            return False
+        if name not in done:
+            done.add(name)
+            if await store.deliver(key.uid, name, InboxKind.SIGNAL, payload):
+                done.add(tagged)
+                self._delivered(key, name, InboxKind.SIGNAL)
+                return True
+        held = await store.inbox_item(key.uid, name)
+        done.add(tagged)
+        if held is None or held.kind is not InboxKind.SIGNAL:
+            return True  # the name went in as a rejection (or not at all): left as it was
+        if signal_tag(held.payload) == signal_tag(payload):
+            return True
+        if await store.deliver(key.uid, tagged, InboxKind.SIGNAL, payload):
+            self.ctx.metrics.signal_delivered(key.uid, name)
+            self.ctx.emit(key, "Delivered", f"signal {name} delivered again as {tagged}")
+        return True
+
+    def _delivered(self, key: RunKey, name: str, kind: InboxKind) -> None:
+        if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
+            self.ctx.metrics.signal_delivered(key.uid, name)
+        verb = {
+            InboxKind.SIGNAL: f"signal {name} delivered",
+            InboxKind.REJECT: f"rejection of {name} delivered",
+            InboxKind.CANCEL: "cancel requested",
+            InboxKind.TIMEOUT: "maxDuration passed: timing out",
+        }[kind]
+        self.ctx.emit(key, "Delivered" if kind is not InboxKind.TIMEOUT else "TimingOut", verb)
 
     @staticmethod
     def _deadline(record: RunRecord) -> datetime | None:
