@@ -126,7 +126,11 @@ async def test_refusal_shows_once_and_a_corrected_payload_is_delivered_tagged() 
     assert h.status("r")["phase"] == "Suspended"
 
     await h.reconcile("r", "resync")  # same payload: nothing is delivered again
+    await h.reconcile("r", "resync")
     assert [i.name for i in await h.store.pending_inbox(uid)] == []
+    assert [w for w in h.writes.log if w.startswith("store deliver")] == ["store deliver approval"]
+    await h.flush("r")
+    assert h.status("r")["delivered"] == ["approval"]
 
     h.kube.runs[(NS, "r")]["spec"]["signals"]["approval"] = GOOD
     await h.reconcile("r", "spec changed")
@@ -137,7 +141,7 @@ async def test_refusal_shows_once_and_a_corrected_payload_is_delivered_tagged() 
     assert record is not None
     assert record.wake_at is not None, "the corrected signal wakes it"
     await h.flush("r")
-    assert tagged in h.status("r")["delivered"]
+    assert h.status("r")["delivered"] == ["approval", tagged]
 
     await h.restart()  # a new operator: status says what was reported and delivered
     try:

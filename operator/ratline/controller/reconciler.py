@@ -50,6 +50,8 @@ class Reconciler:
         self.ctx = ctx
         self.workers = workers
         self.children = children
+        # uid -> signal name -> `name#<digest>` of the payload known to be under `name`
+        self._payload_tags: dict[str, dict[str, str]] = {}
 
     async def reconcile(self, namespace: str, name: str, why: str = "") -> RunKey | None:
         """Reconcile the run named `name`; returns its key (None if it is gone)."""
@@ -223,25 +225,31 @@ class Reconciler:
         """`spec.signals[name]`: the first payload goes in as `name`; a different payload
         patched later (a corrected resend after a refusal) goes in as `name#<digest>`,
         which the engine reads as another delivery for promise `name`. The tag comes
-        from the content, so retries and restarts write each payload once. `done` also
-        records the tag of the payload under `name`, so an unchanged spec costs no
-        round trip. True when `done` changed."""
+        from the content, so retries and restarts write each payload once; the payload
+        under `name` is compared once per operator process (then remembered). True
+        when `done` changed."""
         store = self.ctx.store
         tagged = f"{name}#{signal_tag(payload)}"
-        if tagged in done:
+        known = self._payload_tags.setdefault(key.uid, {})
+        if tagged in done or known.get(name) == tagged:
             return False
-        if name not in done:
+        first = name not in done
+        if first:
             done.add(name)
             if await store.deliver(key.uid, name, InboxKind.SIGNAL, payload):
-                done.add(tagged)
+                known[name] = tagged
                 self._delivered(key, name, InboxKind.SIGNAL)
                 return True
         held = await store.inbox_item(key.uid, name)
+        # The same payload, or the name went in as a rejection: left as it was.
+        if (
+            held is None
+            or held.kind is not InboxKind.SIGNAL
+            or signal_tag(held.payload) == signal_tag(payload)
+        ):
+            known[name] = tagged
+            return first
         done.add(tagged)
-        if held is None or held.kind is not InboxKind.SIGNAL:
-            return True  # the name went in as a rejection (or not at all): left as it was
-        if signal_tag(held.payload) == signal_tag(payload):
-            return True
         if await store.deliver(key.uid, tagged, InboxKind.SIGNAL, payload):
             self.ctx.metrics.signal_delivered(key.uid, name)
             self.ctx.emit(key, "Delivered", f"signal {name} delivered again as {tagged}")
@@ -370,4 +378,5 @@ class Reconciler:
                         RunUpdate(status=RunStatus.CANCELLED, error=error, clear_wake_at=True),
                     )
         ctx.drop(uid)
+        self._payload_tags.pop(uid, None)
         log.info("finalized %s/%s (%d worker pod(s) deleted)", namespace, name, removed)
