@@ -1,4 +1,4 @@
-"""Typed signals on the real control plane (issue 8, item 7).
+"""Typed signals and whole-workflow attempts on the real control plane (issue 8, items 7, 8).
 
 A run waits on `ctx.promise("approval", type=Approval)`. A payload that does not
 validate is refused: the run stays Suspended, the SignalRefused condition and a
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import (
+    E2E_LOG_ENV,
     Kubectl,
     OperatorProcess,
     run_manifest,
@@ -22,10 +23,12 @@ from tests.e2e.conftest import (
     wait_for,
     workflow_manifest,
 )
+from tests.e2e.workflows.flows import read_effects
 
 pytestmark = pytest.mark.e2e
 
 TYPED = "tests.e2e.workflows.flows:typed_approval"
+RETRIED = "tests.e2e.workflows.flows:retried"
 
 
 def _refusal_events(kubectl: Kubectl, name: str) -> list[dict[str, Any]]:
@@ -74,3 +77,25 @@ def test_a_refused_signal_is_shown_and_a_corrected_one_resolves_the_promise(
     cond = {c["type"]: c for c in final["conditions"]}["SignalRefused"]
     assert cond["status"] == "False", cond
     assert len(_refusal_events(kubectl, name)) == 1, "one Event per refusal"
+
+
+@pytest.mark.timeout(300)
+def test_a_whole_workflow_retry_shows_the_attempt_in_status(
+    operator: OperatorProcess, kubectl: Kubectl, effects_log: str
+) -> None:
+    """Item 8 on a cluster: the failed attempt's error and the attempt number in status."""
+    kubectl.apply(workflow_manifest("retried", RETRIED, env={E2E_LOG_ENV: effects_log}))
+    name, key = unique("retried"), unique("k")
+    kubectl.apply(run_manifest(name, "retried", {"key": key}))
+    final = kubectl.wait_phase(name, "Succeeded", "Failed", timeout=120)
+    assert final["phase"] == "Succeeded", final
+    assert json.loads(final["result"]) == {"attempt": 2}
+    assert final["attempt"] == 2, final
+    assert final["lastAttemptError"] == "ValueError: the first attempt fails", final
+    assert [r["op"] for r in read_effects(effects_log, key)] == ["work", "work"]
+    selector = f"involvedObject.name={name},reason=AttemptFailed"
+    [event] = wait_for(
+        "the AttemptFailed Event", lambda: kubectl.items("events", "--field-selector", selector), 60
+    )
+    assert event["type"] == "Warning"
+    assert "attempt 1 failed" in event["message"], event

@@ -125,3 +125,12 @@ async def typed_approval(ctx: WorkflowContext, inp: ParentInput) -> dict[str, An
         "approved": approval.approved,
         "amount": approval.amount,
     }
+
+
+@workflow(name="e2e-retried", max_retries=1)
+async def retried(ctx: WorkflowContext, inp: ParentInput) -> dict[str, int]:
+    """The first whole-workflow attempt fails after a step; the second succeeds."""
+    await ctx.run("work", effect, inp.key, "work")
+    if ctx.info.workflow_attempt == 1:
+        raise ValueError("the first attempt fails")
+    return {"attempt": ctx.info.workflow_attempt}
