@@ -521,6 +521,24 @@ async def test_pending_inbox_keeps_delivery_order_and_skips_consumed(store: Stor
     assert all(i.run_id == run.id and i.created_at.tzinfo is not None for i in pending)
 
 
+async def test_inbox_item_returns_a_consumed_item_and_none_for_an_unknown_name(
+    store: Store,
+) -> None:
+    run = await _new_run(store)
+    await store.deliver(run.id, "approve", InboxKind.SIGNAL, {"v": 1})
+    lease = await store.acquire_lease(run.id, "worker-a")
+    await store.append(lease, [], consumed_inbox=["approve"])
+    item = await store.inbox_item(run.id, "approve")
+    assert item is not None
+    assert (item.name, item.kind, item.payload, item.consumed) == (
+        "approve",
+        InboxKind.SIGNAL,
+        {"v": 1},
+        True,
+    )
+    assert await store.inbox_item(run.id, "approve#2") is None
+
+
 # -- begin: one call starts an activation --------------------------------------------------
 
 

@@ -112,5 +112,11 @@ class Harness:
         if key is not None:
             await self.op.reconciler.reconcile(key.namespace, key.name, "worker exited")
 
+    async def posted(self) -> list[tuple[str, str, str]]:
+        """The Events posted so far, once the operator's background posts have ended."""
+        while pending := list(self.op.ctx._background):
+            await asyncio.gather(*pending, return_exceptions=True)
+        return list(self.kube.events)
+
     async def flush(self, name: str) -> None:
         await self.op.ctx.writer.flush(self.key(name).uid, urgent=True)

@@ -52,6 +52,8 @@ PROJECTED_KEYS = (
     "result",
     "error",
     "historyLength",
+    "attempt",
+    "lastAttemptError",
     "startedAt",
     "finishedAt",
 )
@@ -63,7 +65,9 @@ ERROR_CONDITIONS = {
     "WorkerConfigInvalid": "WorkerConfigInvalid",
     "RetriesExhausted": "RetriesExhausted",
 }
-PROJECTED_CONDITIONS = frozenset({"Finished", "NonDeterministic", *ERROR_CONDITIONS.values()})
+PROJECTED_CONDITIONS = frozenset(
+    {"Finished", "NonDeterministic", "SignalRefused", *ERROR_CONDITIONS.values()}
+)
 
 _UNSEEN, _SEEN, _DONE = 0, 1, 2
 
@@ -141,6 +145,10 @@ class HistoryFold:
     children: dict[str, dict[str, Any]] = field(default_factory=dict)  # started, not completed
     blocked: dict[str, Any] | None = None
     compensating: bool = False
+    refused: dict[str, dict[str, Any]] = field(default_factory=dict)  # open promise -> refusal
+    last_refused: str = ""  # the promise of the latest refusal, open or not
+    attempt: int = 1  # the whole-workflow attempt running now
+    attempt_error: str = ""  # why the previous attempt failed
     _anonymous: int = 0
 
     def apply_all(self, events: Iterable[Event]) -> list[Notice]:
@@ -258,6 +266,7 @@ class HistoryFold:
     def _promise_ended(self, event: Event) -> list[Notice]:
         name = event.name or f"promise-{event.command_id}"
         self.promises.pop(name, None)
+        self.refused.pop(name, None)
         for child, request in list(self.children.items()):
             if request["promise"] == name:  # a child's outcome settles its promise
                 del self.children[child]
@@ -272,6 +281,31 @@ class HistoryFold:
                 data={"name": name, "verb": verb},
             )
         ]
+
+    def _signal_refused(self, event: Event) -> list[Notice]:
+        """A typed promise refused a payload; it keeps waiting for a corrected resend."""
+        name = event.name or f"promise-{event.command_id}"
+        field_name = str(event.payload.get("field") or "payload")
+        detail = preview(str(event.payload.get("message") or ""), STEP_ERROR_CHARS)
+        signal = str(event.payload.get("signal") or name)
+        text = f"promise {name} refused signal {signal} (field {field_name}): {detail}"
+        self.last_refused = name
+        if name in self.promises:
+            self.refused[name] = {"field": field_name, "message": text}
+        return [Notice(event.seq, "SignalRefused", text, True, data={"field": field_name})]
+
+    def _attempt_failed(self, event: Event) -> list[Notice]:
+        """The workflow function failed and starts again: the old attempt's waits end."""
+        failed = int(event.payload.get("attempt") or self.attempt)
+        self.attempt = failed + 1
+        self.attempt_error = error_text(event.payload.get("error"), STEP_ERROR_CHARS)
+        self.promises.clear()
+        self.refused.clear()
+        self.timers.clear()
+        self.retry_waits.clear()
+        retry_at = iso(parse_iso(event.payload.get("retry_at"))) or "now"
+        text = f"attempt {failed} failed, attempt {self.attempt} starts at {retry_at}: "
+        return [Notice(event.seq, "AttemptFailed", text + self.attempt_error, True)]
 
     # state and children
     def _state_set(self, event: Event) -> list[Notice]:
@@ -331,6 +365,8 @@ _HANDLERS = {
     EventType.PROMISE_RESOLVED: HistoryFold._promise_ended,
     EventType.PROMISE_REJECTED: HistoryFold._promise_ended,
     EventType.PROMISE_TIMED_OUT: HistoryFold._promise_ended,
+    EventType.SIGNAL_REFUSED: HistoryFold._signal_refused,
+    EventType.ATTEMPT_FAILED: HistoryFold._attempt_failed,
     EventType.STATE_SET: HistoryFold._state_set,
     EventType.CHILD_STARTED: HistoryFold._child_started,
     EventType.CHILD_COMPLETED: HistoryFold._child_completed,
@@ -430,6 +466,8 @@ def project(record: RunRecord | None, fold: HistoryFold) -> Projection:
         "result": preview(record.result) if record.status is RunStatus.SUCCEEDED else None,
         "error": error_text(record.error) if record.error and finished else None,
         "historyLength": max(record.history_length, fold.last_seq),
+        "attempt": fold.attempt,
+        "lastAttemptError": fold.attempt_error or None,
         "startedAt": iso(record.started_at),
         "finishedAt": iso(record.finished_at) if finished else None,
     }
@@ -451,4 +489,19 @@ def project(record: RunRecord | None, fold: HistoryFold) -> Projection:
             else error_text(record.error, 2000),
         }
         fields["error"] = fields["error"] or conditions["NonDeterministic"]["message"][:1024]
+    refused = _refused_condition(fold, finished)
+    if refused is not None:
+        conditions["SignalRefused"] = refused
     return Projection(fields=fields, conditions=conditions)
+
+
+def _refused_condition(fold: HistoryFold, finished: bool) -> dict[str, Any] | None:
+    """True while an open promise's latest signal was refused; False once resolved."""
+    if not fold.last_refused:
+        return None
+    if fold.refused and not finished:
+        latest = fold.refused.get(fold.last_refused) or list(fold.refused.values())[-1]
+        more = f" (+{len(fold.refused) - 1} more promise(s))" if len(fold.refused) > 1 else ""
+        return {"status": "True", "reason": "SignalRefused", "message": latest["message"] + more}
+    text = "no open promise is waiting on a refused signal"
+    return {"status": "False", "reason": "NoRefusal", "message": text}

@@ -10,6 +10,8 @@ one worker pod per activation exists (named by the activation number).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from datetime import datetime, timedelta
@@ -31,6 +33,12 @@ from ratline.store.base import InboxKind, NewRun, RunRecord, RunStatus, RunUpdat
 log = logging.getLogger(__name__)
 
 
+def signal_tag(payload: Any) -> str:
+    """A short digest of a signal payload's canonical JSON: names a corrected resend."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 class InvalidSpec(PermanentError):
     """The WorkflowRun (or its Workflow) cannot be run as written."""
 
@@ -42,6 +50,8 @@ class Reconciler:
         self.ctx = ctx
         self.workers = workers
         self.children = children
+        # uid -> signal name -> `name#<digest>` of the payload known to be under `name`
+        self._payload_tags: dict[str, dict[str, str]] = {}
 
     async def reconcile(self, namespace: str, name: str, why: str = "") -> RunKey | None:
         """Reconcile the run named `name`; returns its key (None if it is gone)."""
@@ -184,9 +194,10 @@ class Reconciler:
         """Write new signals, rejections, cancel and timeout into the inbox, once each."""
         ctx = self.ctx
         done = set(ctx.writer.view(key.uid).get("delivered") or [])
-        wanted: list[tuple[str, InboxKind, Any]] = []
+        changed = False
         for name, payload in (spec.get("signals") or {}).items():
-            wanted.append((str(name), InboxKind.SIGNAL, payload))
+            changed = await self._deliver_signal(key, str(name), payload, done) or changed
+        wanted: list[tuple[str, InboxKind, Any]] = []
         for name, message in (spec.get("rejections") or {}).items():
             error = {"type": "Rejected", "message": str(message)}
             wanted.append((str(name), InboxKind.REJECT, error))
@@ -204,20 +215,56 @@ class Reconciler:
         for name, kind, payload in fresh:
             first = await ctx.store.deliver(key.uid, name, kind, payload)
             done.add(name)
-            if not first:
-                continue
-            if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
-                ctx.metrics.signal_delivered(key.uid, name)
-            verb = {
-                InboxKind.SIGNAL: f"signal {name} delivered",
-                InboxKind.REJECT: f"rejection of {name} delivered",
-                InboxKind.CANCEL: "cancel requested",
-                InboxKind.TIMEOUT: "maxDuration passed: timing out",
-            }[kind]
-            ctx.emit(key, "Delivered" if kind is not InboxKind.TIMEOUT else "TimingOut", verb)
-        if fresh:
+            if first:
+                self._delivered(key, name, kind)
+        if fresh or changed:
             ctx.writer.set(key.uid, delivered=sorted(done)[:256])
-        return bool(fresh)
+        return bool(fresh) or changed
+
+    async def _deliver_signal(self, key: RunKey, name: str, payload: Any, done: set[str]) -> bool:
+        """`spec.signals[name]`: the first payload goes in as `name`; a different payload
+        patched later (a corrected resend after a refusal) goes in as `name#<digest>`,
+        which the engine reads as another delivery for promise `name`. The tag comes
+        from the content, so retries and restarts write each payload once; the payload
+        under `name` is compared once per operator process (then remembered). True
+        when `done` changed."""
+        store = self.ctx.store
+        tagged = f"{name}#{signal_tag(payload)}"
+        known = self._payload_tags.setdefault(key.uid, {})
+        if tagged in done or known.get(name) == tagged:
+            return False
+        first = name not in done
+        if first:
+            done.add(name)
+            if await store.deliver(key.uid, name, InboxKind.SIGNAL, payload):
+                known[name] = tagged
+                self._delivered(key, name, InboxKind.SIGNAL)
+                return True
+        held = await store.inbox_item(key.uid, name)
+        # The same payload, or the name went in as a rejection: left as it was.
+        if (
+            held is None
+            or held.kind is not InboxKind.SIGNAL
+            or signal_tag(held.payload) == signal_tag(payload)
+        ):
+            known[name] = tagged
+            return first
+        done.add(tagged)
+        if await store.deliver(key.uid, tagged, InboxKind.SIGNAL, payload):
+            self.ctx.metrics.signal_delivered(key.uid, name)
+            self.ctx.emit(key, "Delivered", f"signal {name} delivered again as {tagged}")
+        return True
+
+    def _delivered(self, key: RunKey, name: str, kind: InboxKind) -> None:
+        if kind is InboxKind.SIGNAL or kind is InboxKind.REJECT:
+            self.ctx.metrics.signal_delivered(key.uid, name)
+        verb = {
+            InboxKind.SIGNAL: f"signal {name} delivered",
+            InboxKind.REJECT: f"rejection of {name} delivered",
+            InboxKind.CANCEL: "cancel requested",
+            InboxKind.TIMEOUT: "maxDuration passed: timing out",
+        }[kind]
+        self.ctx.emit(key, "Delivered" if kind is not InboxKind.TIMEOUT else "TimingOut", verb)
 
     @staticmethod
     def _deadline(record: RunRecord) -> datetime | None:
@@ -331,4 +378,5 @@ class Reconciler:
                         RunUpdate(status=RunStatus.CANCELLED, error=error, clear_wake_at=True),
                     )
         ctx.drop(uid)
+        self._payload_tags.pop(uid, None)
         log.info("finalized %s/%s (%d worker pod(s) deleted)", namespace, name, removed)

@@ -344,6 +344,11 @@ class Store(abc.ABC):
     async def pending_inbox(self, run_id: str) -> list[InboxItem]:
         """Unconsumed items in delivery order."""
 
+    @abc.abstractmethod
+    async def inbox_item(self, run_id: str, name: str) -> InboxItem | None:
+        """The item delivered as `name`, consumed or not (None: never delivered). The
+        operator compares a patched signal payload with what went in before."""
+
     # notifications
     @abc.abstractmethod
     async def wait_for_change(self, run_id: str | None, timeout_s: float) -> bool:

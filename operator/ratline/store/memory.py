@@ -337,6 +337,10 @@ class MemoryStore(Store):
             if not item.consumed
         ]
 
+    async def inbox_item(self, run_id: str, name: str) -> InboxItem | None:
+        item = self._inbox.get(run_id, {}).get(name)
+        return None if item is None else item.model_copy(update={"payload": _copy(item.payload)})
+
     # -- notifications ----------------------------------------------------------------------
 
     async def wait_for_change(self, run_id: str | None, timeout_s: float) -> bool:

@@ -159,6 +159,10 @@ _PENDING_INBOX = """
 SELECT run_id, name, kind, payload, created_at, consumed FROM inbox
 WHERE run_id = $1 AND NOT consumed ORDER BY delivery
 """
+_INBOX_ITEM = """
+SELECT run_id, name, kind, payload, created_at, consumed FROM inbox
+WHERE run_id = $1 AND name = $2
+"""
 
 
 def _dumps(value: Any) -> str:
@@ -598,6 +602,12 @@ class PostgresStore(Store):
             f"pending_inbox {run_id}", lambda c: c.fetch(_PENDING_INBOX, run_id)
         )
         return [InboxItem.model_validate(dict(row)) for row in rows]
+
+    async def inbox_item(self, run_id: str, name: str) -> InboxItem | None:
+        rows = await self._call(
+            f"inbox_item {run_id}/{name}", lambda c: c.fetch(_INBOX_ITEM, run_id, name)
+        )
+        return InboxItem.model_validate(dict(rows[0])) if rows else None
 
     # -- notifications ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The e2e test workflows: slow steps, a gate with compensation, a parent of a child."""
+"""The e2e test workflows: slow steps, a gate with compensation, a parent of a child, a typed
+promise."""
 
 from __future__ import annotations
 
@@ -108,3 +109,28 @@ async def parent(ctx: WorkflowContext, inp: ParentInput) -> dict[str, Any]:
     child = await ctx.child("e2e-steps", {"key": f"{inp.key}-child", "steps": 2}, name="kid")
     await ctx.run("after-child", effect, inp.key, "after-child")
     return {"child": child}
+
+
+class Approval(BaseModel):
+    approved: bool
+    amount: int = Field(ge=0)
+
+
+@workflow(name="e2e-typed-approval")
+async def typed_approval(ctx: WorkflowContext, inp: ParentInput) -> dict[str, Any]:
+    """Waits on a typed promise: a payload that is not an `Approval` is refused."""
+    approval = await ctx.promise("approval", type=Approval).wait()
+    return {
+        "type": type(approval).__name__,
+        "approved": approval.approved,
+        "amount": approval.amount,
+    }
+
+
+@workflow(name="e2e-retried", max_retries=1)
+async def retried(ctx: WorkflowContext, inp: ParentInput) -> dict[str, int]:
+    """The first whole-workflow attempt fails after a step; the second succeeds."""
+    await ctx.run("work", effect, inp.key, "work")
+    if ctx.info.workflow_attempt == 1:
+        raise ValueError("the first attempt fails")
+    return {"attempt": ctx.info.workflow_attempt}
