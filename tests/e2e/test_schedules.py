@@ -23,7 +23,9 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.test_cli import plugin
 
-pytestmark = pytest.mark.e2e
+# Each test waits for real cron minutes (no clock hook yet): the default 120 s
+# timeout covers setup, call and teardown together, which two minutes exceed.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 HELLO = "examples.hello.workflow:hello"
 GATE = "tests.e2e.workflows.flows:gate"
