@@ -42,6 +42,12 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc)[:4000]}
 
 
+def first_error(exc: pydantic.ValidationError, whole: str) -> tuple[str, str]:
+    """The first offending field (dotted path, or `whole` at the top) and its message."""
+    first = exc.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or whole, first["msg"]
+
+
 def validate_input(workflow: str, type_: Any, raw: Any) -> Any:
     """Validate a run's input, naming the first offending field on failure."""
     if type_ is Any:
@@ -49,9 +55,8 @@ def validate_input(workflow: str, type_: Any, raw: Any) -> Any:
     try:
         return _adapter(type_).validate_python(raw)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "input"
-        raise InputValidationError(workflow, field, first["msg"]) from None
+        field, message = first_error(exc, "input")
+        raise InputValidationError(workflow, field, message) from None
 
 
 _SCALARS = frozenset({str, int, float, bool})
@@ -72,9 +77,8 @@ def validate_output(workflow: str, type_: Any, value: Any) -> Any:
         checked = adapter.validate_python(value)
         return adapter.dump_python(checked, mode="json")
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "output"
-        raise OutputValidationError(workflow, field, first["msg"]) from None
+        field, message = first_error(exc, "output")
+        raise OutputValidationError(workflow, field, message) from None
     except pydantic_core.PydanticSerializationError as exc:
         raise OutputValidationError(workflow, "output", str(exc)) from None
 
@@ -86,7 +90,6 @@ def refusal(type_: Any, payload: Any) -> dict[str, str] | None:
     try:
         _adapter(type_).validate_python(payload)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "payload"
-        return {"field": field, "message": f"{field}: {first['msg']}"}
+        field, message = first_error(exc, "payload")
+        return {"field": field, "message": f"{field}: {message}"}
     return None

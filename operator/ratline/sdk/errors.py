@@ -82,27 +82,32 @@ class WorkflowCancelled(BaseException):
         self.reason = reason
 
 
-class OutputValidationError(PermanentError):
+class FieldValidationError(PermanentError):
+    """A value at the workflow's boundary does not fit its declared type; names the field."""
+
+    #: which boundary: "input" or "output"
+    boundary = "value"
+
+    def __init__(self, workflow: str, field: str, message: str) -> None:
+        super().__init__(workflow, field, message)
+        self.workflow = workflow
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return (
+            f"{self.boundary} of workflow {self.workflow!r} is invalid at {self.field}: "
+            f"{self.message}"
+        )
+
+
+class OutputValidationError(FieldValidationError):
     """The workflow returned a value that does not fit its declared output type."""
 
-    def __init__(self, workflow: str, field: str, message: str) -> None:
-        super().__init__(workflow, field, message)
-        self.workflow = workflow
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"output of workflow {self.workflow!r} is invalid at {self.field}: {self.message}"
+    boundary = "output"
 
 
-class InputValidationError(PermanentError):
-    """The run's input does not fit the workflow's input model; names the field."""
+class InputValidationError(FieldValidationError):
+    """The run's input does not fit the workflow's input model."""
 
-    def __init__(self, workflow: str, field: str, message: str) -> None:
-        super().__init__(workflow, field, message)
-        self.workflow = workflow
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"input of workflow {self.workflow!r} is invalid at {self.field}: {self.message}"
+    boundary = "input"
