@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,10 +26,10 @@ from typing import Any
 
 import asyncpg
 
+from bench.private_pg import private_database, write_results
 from bench.report import machine
 from ratline.store.postgres import PostgresStore
 from ratline.store.retention import prune_finished
-from tests.cluster.pg import PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIVE = 500
@@ -205,18 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="runs per prune transaction")
     parser.add_argument("--out", type=Path, default=RESULTS / "retention.md")
     args = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="ratline-bench-retention-"))
-    os.chmod(base, 0o755)  # the postgres OS user must reach it when we run as root
-    server = PostgresServer(base / "pg")
-    try:
-        server.start()
-        dsn = server.create_database("bench_retention")
+    with private_database("ratline-bench-retention-", "bench_retention") as dsn:
         result = asyncio.run(_migrated_bench(dsn, args.runs, args.batch))
-    finally:
-        server.stop()
-    args.out.write_text(render(result))
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
+    write_results(args.out, result, render)
     return 0
 
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes import client
 
+from bench.private_pg import private_database, write_results
 from ratline.store.postgres import PostgresStore
 from ratline.store.queries import (
     OFFSET_PAGE,
@@ -46,7 +45,6 @@ from ratline.store.queries import (
 )
 from ratline.ui import auth
 from ratline.ui.server import Config, build_app
-from tests.cluster.pg import PostgresServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NS, OTHER = "big", "other"
@@ -243,18 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per case")
     parser.add_argument("--out", type=Path, default=RESULTS / "ui.md")
     args = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="ratline-bench-ui-"))
-    os.chmod(base, 0o755)  # the postgres OS user must reach it when we run as root
-    server = PostgresServer(base / "pg")
-    try:
-        server.start()
-        dsn = server.create_database("bench_ui")
+    with private_database("ratline-bench-ui-", "bench_ui") as dsn:
         result = asyncio.run(bench(dsn, args.runs, args.reps))
-    finally:
-        server.stop()
-    args.out.write_text(render(result))
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    print(render(result))
+    write_results(args.out, result, render)
     return 0
 
 
