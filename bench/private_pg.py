@@ -7,31 +7,19 @@ benchmark in `bench.__main__` runs two databases on one server and keeps its own
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.pg import PostgresServer
+from tests.cluster.pg import private_server
 
 
 @contextmanager
 def private_database(prefix: str, database: str) -> Iterator[str]:
     """Start a durable private Postgres, yield a DSN of a fresh database, remove it all."""
-    base = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(base, 0o755)  # the postgres OS user must reach it when we run as root
-    server = PostgresServer(base / "pg")
-    try:
-        server.start()
+    with private_server(prefix) as server:
         yield server.create_database(database)
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def write_results(

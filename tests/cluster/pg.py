@@ -25,7 +25,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -381,6 +382,29 @@ class PostgresServer:
 
 class _PortTaken(PostgresHarnessError):
     """Postgres could not bind its port (someone took it after we probed)."""
+
+
+@contextlib.contextmanager
+def private_server(
+    prefix: str,
+    *,
+    settings: Mapping[str, str] | None = None,
+    client_networks: Sequence[str] = (),
+) -> Iterator[PostgresServer]:
+    """A started server in a fresh temp dir, stopped and removed afterwards. The dir is
+    under /tmp and world-readable: the postgres OS user cannot reach pytest's 0700
+    tmp dirs when we run as root."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)
+    server = PostgresServer(base / "pg", settings=settings, client_networks=client_networks)
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

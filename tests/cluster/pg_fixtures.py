@@ -14,35 +14,22 @@ thrown away anyway.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from ratline.store.postgres import PostgresStore
-from tests.cluster.pg import FAST_UNSAFE_SETTINGS, PostgresServer
+from tests.cluster.pg import FAST_UNSAFE_SETTINGS, PostgresServer, private_server
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One private server for the whole session (under /tmp: the postgres OS user
     cannot reach pytest's 0700 tmp dirs when we run as root)."""
-    base = Path(tempfile.mkdtemp(prefix="ratline-pg-"))
-    os.chmod(base, 0o755)
-    server = PostgresServer(base / "pg", settings=FAST_UNSAFE_SETTINGS)
-    try:
-        server.start()
+    with private_server("ratline-pg-", settings=FAST_UNSAFE_SETTINGS) as server:
         yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +26,7 @@ from tests.cluster.binaries import MissingBinaryError
 from tests.cluster.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError
 from tests.cluster.kube_fixtures import Cluster, wait_for_default_service_account
 from tests.cluster.node_net import NodeNetError
-from tests.cluster.pg import FAST_UNSAFE_SETTINGS, PostgresServer
+from tests.cluster.pg import FAST_UNSAFE_SETTINGS, PostgresServer, private_server
 
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -68,18 +65,11 @@ def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealClust
 
 @pytest.fixture(scope="session")
 def real_postgres(real_cluster: RealCluster) -> Iterator[PostgresServer]:
-    base = Path(tempfile.mkdtemp(prefix="ratline-pg-node-"))
-    os.chmod(base, 0o755)
     settings = {**FAST_UNSAFE_SETTINGS, "listen_addresses": f"127.0.0.1,{real_cluster.host_ip}"}
-    server = PostgresServer(base / "pg", settings=settings, client_networks=["172.30.0.0/16"])
-    try:
-        server.start()
+    with private_server(
+        "ratline-pg-node-", settings=settings, client_networks=["172.30.0.0/16"]
+    ) as server:
         yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
